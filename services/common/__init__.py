@@ -1,0 +1,1 @@
+"""Pieces every Berth service shares: configuration, database, gRPC server, errors."""

@@ -1,0 +1,113 @@
+"""Run a gRPC servicer on a unix socket with health checking and error mapping."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import os
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from services.common import errors
+
+log = logging.getLogger("berth")
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
+    if isinstance(exc, errors.BerthError):
+        context.abort(exc.code, str(exc))
+    if isinstance(exc, grpc.RpcError):  # a downstream service's status: pass it on
+        context.abort(exc.code(), exc.details() or str(exc.code()))
+    log.exception("internal error")
+    context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
+
+
+def map_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a servicer method so Berth errors become gRPC statuses, never tracebacks."""
+    if inspect.isgeneratorfunction(fn):
+
+        @functools.wraps(fn)
+        def gen_wrapper(self, request, context):  # noqa: ANN001
+            try:
+                yield from fn(self, request, context)
+            except Exception as exc:  # noqa: BLE001 - the boundary of the service
+                _abort(context, exc)
+
+        return gen_wrapper
+
+    @functools.wraps(fn)
+    def wrapper(self, request, context):  # noqa: ANN001
+        try:
+            return fn(self, request, context)
+        except Exception as exc:  # noqa: BLE001 - the boundary of the service
+            _abort(context, exc)
+
+    return wrapper
+
+
+def serve(
+    name: str,
+    socket_path: Path,
+    add_servicers: Callable[[grpc.Server], None],
+    service_names: list[str],
+    on_stop: Callable[[], None] | None = None,
+    max_workers: int = 32,
+) -> None:
+    """Serve until SIGTERM/SIGINT; the socket is 0660 and removed at exit."""
+    logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    if socket_path.exists():
+        socket_path.unlink()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name),
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    )
+    add_servicers(server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"unix://{socket_path}")
+    old_umask = os.umask(0o117)
+    try:
+        server.start()
+    finally:
+        os.umask(old_umask)
+    os.chmod(socket_path, 0o660)
+    for svc in ["", *service_names]:
+        health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving on %s", name, socket_path)
+
+    done = threading.Event()
+
+    def _stop(_signum: int, _frame: object) -> None:
+        done.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    done.wait()
+    for svc in ["", *service_names]:
+        health_servicer.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+    server.stop(grace=2).wait()
+    if on_stop is not None:
+        on_stop()
+    try:
+        socket_path.unlink()
+    except FileNotFoundError:
+        pass
+    log.info("%s stopped", name)
+
+
+def channel(socket_path: Path) -> grpc.Channel:
+    """A channel to another Berth service's unix socket."""
+    return grpc.insecure_channel(
+        f"unix://{socket_path}",
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+    )

@@ -1,0 +1,55 @@
+"""Fixtures: a private set of real Berth services, test images, and a clean-host check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests import images
+from tests.harness import Services
+from tests.hostcheck import HostState
+
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
+
+
+@pytest.fixture(scope="session")
+def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("images") / "busybox-rootfs.tar"
+    path.write_bytes(images.busybox_rootfs_bytes())
+    return path
+
+
+@pytest.fixture(scope="session")
+def services() -> Services:
+    """One set of services for the session, with busybox imported."""
+    base = Path(tempfile.mkdtemp(prefix="berth-test-"))
+    svc = Services(base)
+    svc.start()
+    tar = base / "busybox.tar"
+    tar.write_bytes(images.busybox_rootfs_bytes())
+    r = svc.berth("import", str(tar), "busybox:latest")
+    assert r.returncode == 0, r.stderr
+    yield svc
+    svc.berth("rm", "-f", *svc.berth("ps", "-aq").stdout.split())
+    svc.stop()
+    svc.stop_supervisor()
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def clean_host(services: Services):
+    """Fail the test if it leaves mounts, cgroups, netns or links behind."""
+    before = HostState.capture(services.cgroup_parent)
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaks = HostState.capture(services.cgroup_parent).leaks_since(before)
+        if not leaks or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert not leaks, f"host not clean: {leaks}"

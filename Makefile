@@ -76,11 +76,12 @@ unit: setup
 	$(VPY) -m pytest -q tests/unit $(TEST_ARGS)
 
 test: setup
+	@if [ "$${BERTH_TEST_POSTGRES:-}" = 1 ]; then bash tests/postgres.sh; fi
 	$(VPY) -m pytest -q tests $(TEST_ARGS)
 
 # Run the suite against PostgreSQL: installs and starts a local server.
 postgres:
-	bash tests/postgres.sh start
+	bash tests/postgres.sh
 
 bench: setup
 	$(VPY) -m bench

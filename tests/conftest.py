@@ -38,6 +38,7 @@ def services() -> Services:
     svc.berth("rm", "-f", *svc.berth("ps", "-aq").stdout.split())
     svc.stop()
     svc.stop_supervisor()
+    svc.drop_databases()
     shutil.rmtree(base, ignore_errors=True)
 
 

@@ -40,6 +40,22 @@ class Services:
         })
         self.env.update(extra_env or {})
         self.procs: dict[str, subprocess.Popen] = {}
+        self.databases: list[str] = []
+        if os.environ.get("BERTH_TEST_POSTGRES") == "1":
+            self._use_postgres()
+
+    def _use_postgres(self) -> None:
+        """One fresh PostgreSQL database per service (see tests/postgres.sh)."""
+        for name in SERVICES:
+            db = f"{self.cgroup_parent.replace('-', '_')}_{name}"
+            subprocess.run(["createdb", db], check=True)
+            self.databases.append(db)
+            self.env[f"BERTH_{name.upper()}_DB_URL"] = f"postgresql+psycopg:///{db}?host=/var/run/postgresql"
+
+    def drop_databases(self) -> None:
+        for db in self.databases:
+            subprocess.run(["dropdb", "--if-exists", db], check=False)
+        self.databases.clear()
 
     def socket(self, name: str) -> Path:
         return self.run_dir / f"{name}.sock"

@@ -98,10 +98,7 @@ def serve(
     server.stop(grace=2).wait()
     if on_stop is not None:
         on_stop()
-    try:
-        socket_path.unlink()
-    except FileNotFoundError:
-        pass
+    socket_path.unlink(missing_ok=True)
     log.info("%s stopped", name)
 
 

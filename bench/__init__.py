@@ -1,0 +1,1 @@
+"""Benchmarks: run, not asserted (`make bench`)."""

@@ -1,0 +1,160 @@
+"""`make bench`: start latency, API cycle, and per-container overhead, with peers.
+
+Starts a private Berth (tests/harness.py), imports the busybox rootfs, and times:
+- `berth run --rm busybox true`, CLI start to exit;
+- the same cycle through the gRPC API (Run with auto-remove) from a connected client;
+- `crun run` / `runc run` of the same rootfs, and `docker run --rm` / `podman run --rm`
+  where those are installed and working, in the same run, printed as ratios;
+- supervisor memory per running container (RSS delta over 20 sleeping containers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tests import images
+from tests.harness import REPO, Services
+
+RUNS = int(os.environ.get("BENCH_RUNS", "20"))
+
+
+def timed(fn: Callable[[], object], runs: int = RUNS) -> list[float]:
+    fn()  # warm-up
+    out = []
+    for _ in range(runs):
+        t = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def check(cmd: list[str], **kw: object) -> None:
+    r = subprocess.run(cmd, capture_output=True, **kw)  # type: ignore[call-overload]
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: rc={r.returncode} {r.stderr[-500:]!r}")
+
+
+def bundle(base: Path, rootfs_tar: Path, runtime: str) -> Path:
+    """An OCI bundle for crun/runc from the same rootfs, running `true`."""
+    b = base / f"bundle-{runtime}"
+    (b / "rootfs").mkdir(parents=True)
+    with tarfile.open(rootfs_tar) as t:
+        t.extractall(b / "rootfs", filter="tar")
+    check([runtime, "spec"], cwd=b)
+    spec = json.loads((b / "config.json").read_text())
+    spec["process"]["terminal"] = False
+    spec["process"]["args"] = ["true"]
+    (b / "config.json").write_text(json.dumps(spec))
+    return b
+
+
+def peer_oci(base: Path, rootfs_tar: Path, runtime: str) -> list[float] | None:
+    if not shutil.which(runtime):
+        return None
+    b = bundle(base, rootfs_tar, runtime)
+    n = [0]
+
+    def once() -> None:
+        n[0] += 1
+        check([runtime, "run", f"berth-bench-{os.getpid()}-{n[0]}"], cwd=b, stdin=subprocess.DEVNULL)
+
+    return timed(once)
+
+
+def peer_engine(rootfs_tar: Path, engine: str, extra: list[str]) -> list[float] | None:
+    if not shutil.which(engine):
+        return None
+    if subprocess.run([engine, "info"], capture_output=True).returncode != 0:
+        return None
+    tag = f"berth-bench-busybox:{os.getpid()}"
+    try:
+        check([engine, "import", str(rootfs_tar), tag])
+        return timed(lambda: check([engine, "run", "--rm", *extra, tag, "true"]))
+    except RuntimeError as err:
+        print(f"{engine}: skipped ({err})")
+        return None
+    finally:
+        subprocess.run([engine, "rmi", tag], capture_output=True)
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def main() -> None:
+    base = Path(tempfile.mkdtemp(prefix="berth-bench-"))
+    svc = Services(base)
+    results: dict[str, list[float]] = {}
+    try:
+        svc.start()
+        tar = base / "busybox.tar"
+        tar.write_bytes(images.busybox_rootfs_bytes())
+        svc.berth("import", str(tar), "busybox", check=True)
+
+        cli = [sys.executable, "-m", "cli", "run", "--rm", "busybox", "true"]
+        results["berth run --rm (CLI to exit)"] = timed(
+            lambda: subprocess.run(cli, env=svc.env, cwd=REPO, check=True, capture_output=True))
+
+        from cli.client import Client
+
+        os.environ["BERTH_RUN_DIR"] = str(svc.run_dir)
+        client = Client()
+
+        def api_cycle() -> None:
+            spec = client.api.RunSpec(image="busybox", command=["true"], auto_remove=True, stop_timeout=-1)
+            for resp in client.stub.Run(iter([client.api.RunRequest(spec=spec)])):
+                if resp.WhichOneof("item") == "exit_code":
+                    assert resp.exit_code == 0
+
+        results["API Run cycle (connected client)"] = timed(api_cycle)
+
+        for runtime in ("crun", "runc"):
+            r = peer_oci(base, tar, runtime)
+            if r:
+                results[f"{runtime} run"] = r
+        for engine, extra in (("docker", []), ("podman", ["--cgroup-manager", "cgroupfs", "--ulimit",
+                                                          "nofile=1024:1024"])):
+            r = peer_engine(tar, engine, extra)
+            if r:
+                results[f"{engine} run --rm"] = r
+
+        # Per-container overhead: what the supervisor grows by per running container.
+        sup = svc.supervisor_pid()
+        before = rss_kb(sup) if sup else 0
+        ids = [svc.berth("run", "-d", "busybox", "sleep", "300", check=True).stdout.strip() for _ in range(20)]
+        time.sleep(0.5)
+        sup = svc.supervisor_pid()
+        after = rss_kb(sup) if sup else 0
+        svc.berth("rm", "-f", *ids, check=True)
+        overhead_kb = (after - before) / 20
+    finally:
+        svc.stop()
+        svc.stop_supervisor()
+        shutil.rmtree(base, ignore_errors=True)
+
+    berth_cli = statistics.median(results["berth run --rm (CLI to exit)"])
+    berth_api = statistics.median(results["API Run cycle (connected client)"])
+    print(f"\n{'what':38} {'median ms':>10} {'min ms':>8}  ratio vs berth CLI / API")
+    for name, samples in results.items():
+        med = statistics.median(samples)
+        print(f"{name:38} {med * 1000:10.1f} {min(samples) * 1000:8.1f}  "
+              f"{berth_cli / med:6.2f}x / {berth_api / med:6.2f}x")
+    print(f"\nsupervisor RSS before {before} kB, with 20 containers {after} kB: "
+          f"{overhead_kb:.1f} kB per running container (no per-container shim process)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""A small client SDK over the api socket; CLI commands never build gRPC calls inline.
+
+gRPC and the generated stubs cost ~200 ms to import, so they are imported on
+first use: `berth --help` and argument errors stay instant.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+DEFAULT_HOST = "unix:///run/berth/api.sock"
+EXIT_CODE_KEY = "berth-exit-code"
+CHUNK = 1 << 20
+
+
+class CliError(Exception):
+    """One line for stderr and the exit code to leave with."""
+
+    def __init__(self, message: str, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def host() -> str:
+    """The api endpoint: --host / BERTH_HOST, else the run dir's api.sock."""
+    if os.environ.get("BERTH_HOST"):
+        return os.environ["BERTH_HOST"]
+    if os.environ.get("BERTH_API_SOCKET"):
+        return "unix://" + os.environ["BERTH_API_SOCKET"]
+    if os.environ.get("BERTH_RUN_DIR"):
+        return "unix://" + os.path.join(os.environ["BERTH_RUN_DIR"], "api.sock")
+    return DEFAULT_HOST
+
+
+class Client:
+    """Thin wrappers over the Berth API, one method per call."""
+
+    def __init__(self, target: str | None = None) -> None:
+        import grpc
+
+        from berth.api.v1 import api_pb2, api_pb2_grpc
+        from berth.image.v1 import image_pb2
+        from berth.runtime.v1 import runtime_pb2
+        from berth.types.v1 import types_pb2
+
+        self.grpc = grpc
+        self.api = api_pb2
+        self.image = image_pb2
+        self.runtime = runtime_pb2
+        self.types = types_pb2
+        self.target = target or host()
+        self.channel = grpc.insecure_channel(self.target, options=[
+            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+        self.stub = api_pb2_grpc.BerthStub(self.channel)
+
+    def call(self, method: str, request: Any, **kwargs: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, **kwargs)
+        except self.grpc.RpcError as err:
+            raise self.error(err) from None
+
+    def stream(self, responses: Iterator[Any]) -> Iterator[Any]:
+        try:
+            yield from responses
+        except self.grpc.RpcError as err:
+            raise self.error(err) from None
+
+    def error(self, err: Any, exit_code: int = 1) -> CliError:
+        """Map a gRPC status to one line and Docker's exit codes."""
+        code = err.code()
+        if code == self.grpc.StatusCode.UNAVAILABLE and "service is not running" not in (err.details() or ""):
+            return CliError(f"Cannot connect to the Berth daemon at {self.target}. Is the berth daemon running?",
+                            exit_code)
+        if code == self.grpc.StatusCode.CANCELLED:
+            return CliError("cancelled", exit_code)
+        for key, value in err.trailing_metadata() or ():
+            if key == EXIT_CODE_KEY:
+                exit_code = int(value)
+        return CliError(f"Error response from daemon: {err.details()}", exit_code)
+
+    # --- helpers for streams ------------------------------------------------
+
+    @staticmethod
+    def file_chunks(path: str) -> Iterator[bytes]:
+        with open(path, "rb") if path != "-" else os.fdopen(0, "rb", closefd=False) as f:
+            while chunk := f.read(CHUNK):
+                yield chunk

@@ -1,0 +1,161 @@
+"""Image commands: images, import, load, rmi, tag, image inspect."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import typer
+
+from cli import output
+from cli.client import Client, CliError
+
+image_app = typer.Typer(help="Manage images", no_args_is_help=True)
+
+
+def image_json(img) -> dict:  # noqa: ANN001
+    """Docker's `image inspect` shape."""
+    cfg = img.config
+    return {
+        "Id": img.id,
+        "RepoTags": list(img.repo_tags),
+        "RepoDigests": list(img.repo_digests),
+        "Created": output.rfc3339(img.created_unix * 1_000_000_000),
+        "Size": img.size,
+        "Architecture": img.architecture,
+        "Os": img.os,
+        "Config": {
+            "Env": list(cfg.env) or None,
+            "Entrypoint": list(cfg.entrypoint) or None,
+            "Cmd": list(cfg.cmd) or None,
+            "WorkingDir": cfg.working_dir,
+            "User": cfg.user,
+            "Labels": dict(cfg.labels) or None,
+            "StopSignal": cfg.stop_signal or None,
+            "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
+            "Volumes": {v: {} for v in cfg.volumes} or None,
+        },
+        "RootFS": {"Type": "layers", "Layers": list(img.diff_ids)},
+        "Metadata": {"ManifestDigest": img.manifest_digest},
+    }
+
+
+def _split_tag(ref: str) -> tuple[str, str]:
+    name, _, digest = ref.partition("@")
+    slash = name.rfind("/")
+    colon = name.rfind(":")
+    if colon > slash:
+        return name[:colon], name[colon + 1:]
+    return name, "<none>" if not digest else "<none>"
+
+
+def images(repository: str = typer.Argument("", help="Only images of this repository"),
+           quiet: bool = typer.Option(False, "-q", "--quiet", help="Only show image IDs"),
+           all_: bool = typer.Option(False, "-a", "--all", help="Show all images"),
+           no_trunc: bool = typer.Option(False, "--no-trunc", help="Don't truncate output")) -> None:
+    """List images."""
+    client = Client()
+    imgs = client.call("ListImages", client.image.ListImagesRequest(all=all_, reference=repository)).images
+    if quiet:
+        seen = []
+        for img in imgs:
+            ident = img.id if no_trunc else output.short_id(img.id)
+            if ident not in seen:
+                seen.append(ident)
+                print(ident)
+        return
+    rows = []
+    for img in imgs:
+        ident = img.id if no_trunc else output.short_id(img.id)
+        for ref in img.repo_tags or ["<none>:<none>"]:
+            repo, tag = _split_tag(ref) if ref != "<none>:<none>" else ("<none>", "<none>")
+            rows.append([repo, tag, ident, output.ago(img.created_unix), output.human_size(img.size)])
+    output.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+
+
+def import_(file: str = typer.Argument(..., help="Rootfs tarball (or - for stdin)"),
+            reference: str = typer.Argument("", help="REPOSITORY[:TAG] for the new image"),
+            message: str = typer.Option("", "-m", "--message", help="Commit message")) -> None:
+    """Import the contents from a tarball to create a filesystem image."""
+    if file != "-" and not os.path.isfile(file):
+        raise CliError(f"berth: open {file}: no such file or directory", 1)
+    client = Client()
+
+    def requests():  # noqa: ANN202
+        yield client.image.ImportRequest(meta=client.image.ImportMeta(reference=reference, message=message))
+        for chunk in client.file_chunks(file):
+            yield client.image.ImportRequest(chunk=chunk)
+
+    print(client.call("ImportImage", requests()).id)
+
+
+def load(input_: str = typer.Option("-", "-i", "--input", help="Read from tar archive file, instead of STDIN"),
+         quiet: bool = typer.Option(False, "-q", "--quiet", help="Suppress the load output")) -> None:
+    """Load an image from a docker-save or OCI-layout tar archive."""
+    if input_ != "-" and not os.path.isfile(input_):
+        raise CliError(f"berth: open {input_}: no such file or directory", 1)
+    if input_ == "-" and sys.stdin.isatty():
+        raise CliError("berth: requested load from stdin, but stdin is empty", 1)
+    client = Client()
+    resp = client.call("LoadImage", (client.image.LoadRequest(chunk=c) for c in client.file_chunks(input_)))
+    if not quiet:
+        for line in resp.loaded:
+            print(line)
+
+
+def rmi(images_: list[str] = typer.Argument(..., metavar="IMAGE..."),
+        force: bool = typer.Option(False, "-f", "--force", help="Force removal of the image")) -> None:
+    """Remove one or more images."""
+    client = Client()
+    failed = False
+    for ref in images_:
+        try:
+            resp = client.call("RemoveImage", client.image.RemoveImageRequest(reference=ref, force=force))
+        except CliError as err:
+            sys.stderr.write(f"{err}\n")
+            failed = True
+            continue
+        for u in resp.untagged:
+            print(f"Untagged: {u}")
+        for d in resp.deleted:
+            print(f"Deleted: {d}")
+    if failed:
+        raise CliError("", 1)
+
+
+def tag(source: str = typer.Argument(...), target: str = typer.Argument(...)) -> None:
+    """Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE."""
+    client = Client()
+    client.call("TagImage", client.image.TagImageRequest(source=source, target=target))
+
+
+def image_inspect(targets: list[str] = typer.Argument(...),
+                  format_: str = typer.Option("", "-f", "--format")) -> None:
+    """Display detailed information on one or more images."""
+    from cli.commands.containers import _print_inspect
+
+    client = Client()
+    found, failed = [], False
+    for t in targets:
+        try:
+            found.append(image_json(client.call("InspectImage", client.image.InspectImageRequest(reference=t))))
+        except CliError as err:
+            sys.stderr.write(f"{err}\n")
+            failed = True
+    _print_inspect(found, format_)
+    if failed:
+        raise CliError("", 1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command()(images)
+    app.command("import")(import_)
+    app.command()(load)
+    app.command()(rmi)
+    app.command()(tag)
+    image_app.command("ls")(images)
+    image_app.command("import")(import_)
+    image_app.command("load")(load)
+    image_app.command("rm")(rmi)
+    image_app.command("tag")(tag)
+    image_app.command("inspect")(image_inspect)

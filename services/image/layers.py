@@ -1,0 +1,305 @@
+"""Unpacked layers: one directory per chain id, shared by every image using it.
+
+Unpacking is where a hostile image could attack the host, so every entry is
+placed relative to the layer root without ever following a symlink: parent
+directories are checked with lstat (and created as real directories when
+missing), the final component is replaced, never written through, and
+hardlinks may only point at entries already inside the layer. OCI whiteouts
+become overlayfs whiteouts so the layer dirs can be overlay lowerdirs as-is.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import lzma
+import os
+import shutil
+import stat
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common.errors import InvalidArgument
+from services.image.streams import HashingReader, Readable, close_quietly, decompressed
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_META_PREFIX = ".wh..wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+OPAQUE_XATTR = "trusted.overlay.opaque"
+TAR_BUFSIZE = 1 << 16
+
+# Everything a broken or truncated compressed tar can raise while being read.
+CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, UnicodeError)
+
+
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    """OCI chain ids: chain(L0)=diffid(L0), chain(Ln)=sha256(chain(n-1) + " " + diffid(Ln))."""
+    out: list[str] = []
+    for diff_id in diff_ids:
+        if not out:
+            out.append(diff_id)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {diff_id}".encode()).hexdigest())
+    return out
+
+
+class UnsafeEntry(InvalidArgument):
+    """A tar entry that would write outside the layer or through a symlink."""
+
+
+def clean_name(name: str) -> str:
+    """Make a tar name relative to the layer root; `..` may never climb out of it."""
+    parts: list[str] = []
+    for part in name.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not parts:
+                raise UnsafeEntry(f"unsafe path in layer: {name!r} points outside the layer")
+            parts.pop()
+        else:
+            parts.append(part)
+    return "/".join(parts)
+
+
+@dataclass
+class UnpackResult:
+    diff_id: str
+    size: int
+
+
+class _Extractor:
+    """Places tar entries under `root` without following symlinks."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = str(root)
+        self.dirs: set[str] = {""}  # relative paths known to be real directories we may use
+        self.dir_times: list[tuple[str, int]] = []
+        self.size = 0
+
+    def _abs(self, rel: str) -> str:
+        return os.path.join(self.root, rel) if rel else self.root
+
+    def ensure_dir(self, rel: str) -> None:
+        """Make every component of `rel` a real directory, refusing symlinks."""
+        if rel in self.dirs:
+            return
+        parent, _, _ = rel.rpartition("/")
+        self.ensure_dir(parent)
+        path = self._abs(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+        else:
+            if not stat.S_ISDIR(st.st_mode):
+                raise UnsafeEntry(f"unsafe path in layer: {rel!r} is not a directory (symlinks are not followed)")
+        self.dirs.add(rel)
+
+    def _forget(self, rel: str) -> None:
+        prefix = rel + "/"
+        self.dirs = {d for d in self.dirs if d != rel and not d.startswith(prefix)}
+
+    def _clear(self, rel: str, keep_dir: bool) -> bool:
+        """Remove what is at `rel` unless it is a dir we keep; True if a dir stays."""
+        path = self._abs(rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            shutil.rmtree(path)
+            self._forget(rel)
+        else:
+            os.unlink(path)
+        return False
+
+    def _metadata(self, path: str, info: tarfile.TarInfo, is_link: bool = False) -> None:
+        os.lchown(path, info.uid, info.gid)
+        if not is_link:
+            os.chmod(path, info.mode & 0o7777)  # after chown: chown clears setuid bits
+        for key, value in info.pax_headers.items():
+            if key.startswith("SCHILY.xattr."):
+                try:
+                    os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
+                                follow_symlinks=False)
+                except OSError:
+                    pass  # e.g. security.* on a filesystem without it: not fatal, as in Docker
+
+    def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
+        rel = clean_name(info.name)
+        parent, _, base = rel.rpartition("/")
+        if base.startswith(WHITEOUT_PREFIX):
+            self._whiteout(parent, base, info)
+            return
+        self.ensure_dir(parent)
+        path = self._abs(rel)
+        if info.isdir():
+            if rel and not self._clear(rel, keep_dir=True):
+                os.mkdir(path, 0o700)
+            self.dirs.add(rel)
+            self._metadata(path, info)
+            self.dir_times.append((path, int(info.mtime)))
+            return
+        if not rel:
+            raise UnsafeEntry(f"unsafe entry in layer: {info.name!r} replaces the layer root")
+        self._clear(rel, keep_dir=False)
+        if info.isreg():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                src = tar.extractfile(info)
+                assert src is not None
+                shutil.copyfileobj(src, out, 1 << 20)
+            self.size += info.size
+        elif info.issym():
+            os.symlink(info.linkname, path)
+            self._metadata(path, info, is_link=True)
+            os.utime(path, (info.mtime, info.mtime), follow_symlinks=False)
+            return
+        elif info.islnk():
+            self._hardlink(rel, info)
+            return
+        elif info.ischr() or info.isblk():
+            kind = stat.S_IFCHR if info.ischr() else stat.S_IFBLK
+            os.mknod(path, kind | 0o600, os.makedev(info.devmajor, info.devminor))
+        elif info.isfifo():
+            os.mkfifo(path, 0o600)
+        else:
+            raise InvalidArgument(f"unsupported tar entry type {info.type!r} for {info.name!r}")
+        self._metadata(path, info)
+        os.utime(path, (info.mtime, info.mtime), follow_symlinks=False)
+
+    def _hardlink(self, rel: str, info: tarfile.TarInfo) -> None:
+        target = clean_name(info.linkname)
+        tparent, _, tbase = target.rpartition("/")
+        if not tbase:
+            raise UnsafeEntry(f"unsafe hardlink in layer: {info.name!r} -> {info.linkname!r}")
+        self.ensure_dir(tparent)
+        tpath = self._abs(target)
+        try:
+            st = os.lstat(tpath)
+        except FileNotFoundError:
+            raise UnsafeEntry(f"hardlink {info.name!r} points to {info.linkname!r}, not in the layer") from None
+        if stat.S_ISDIR(st.st_mode):
+            raise UnsafeEntry(f"hardlink {info.name!r} points to a directory")
+        os.link(tpath, self._abs(rel), follow_symlinks=False)
+
+    def _whiteout(self, parent: str, base: str, info: tarfile.TarInfo) -> None:
+        """OCI whiteout files become what overlayfs understands natively."""
+        self.ensure_dir(parent)
+        if base == WHITEOUT_OPAQUE:
+            os.setxattr(self._abs(parent), OPAQUE_XATTR, b"y", follow_symlinks=False)
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # other AUFS metadata (.wh..wh.plnk etc.) has no overlay meaning
+        name = base[len(WHITEOUT_PREFIX):]
+        if name in ("", ".", ".."):
+            raise UnsafeEntry(f"invalid whiteout {info.name!r}")
+        rel = f"{parent}/{name}" if parent else name
+        self._clear(rel, keep_dir=False)
+        path = self._abs(rel)
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        os.lchown(path, info.uid, info.gid)
+
+    def finish(self) -> None:
+        """Directory times last: creating children would have changed them."""
+        for path, mtime in reversed(self.dir_times):
+            os.utime(path, (mtime, mtime), follow_symlinks=False)
+
+
+def unpack(src: Readable, dest: Path | None) -> UnpackResult:
+    """Decompress, hash and (unless `dest` is None) extract a layer tar.
+
+    The diff id covers the whole uncompressed stream, tar padding included, so
+    it matches what `sha256sum` of the uncompressed tar prints.
+    """
+    stream, _ = decompressed(src)
+    hashed = HashingReader(stream)
+    try:
+        if dest is None:
+            hashed.drain()
+            return UnpackResult(hashed.digest, 0)
+        ex = _Extractor(dest)
+        with tarfile.open(fileobj=hashed, mode="r|", bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
+            for info in tar:
+                ex.add(tar, info)
+        ex.finish()
+        hashed.drain()
+        return UnpackResult(hashed.digest, ex.size)
+    except CORRUPT_ERRORS as exc:
+        raise InvalidArgument(f"invalid layer tar: {exc}") from None
+    finally:
+        close_quietly(stream)
+
+
+def remove_tree(path: Path) -> None:
+    """rmtree that also copes with overlay work dirs (mode 000) and plain files."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+@dataclass
+class StagedLayer:
+    """A layer unpacked into scratch space, not yet visible under `layers/`."""
+
+    tmp: Path
+    diff_id: str
+    size: int
+
+
+class LayerStore:
+    """Unpacked layers under `<root>/<chain-hex>/`; staging dirs live in `scratch`."""
+
+    def __init__(self, root: Path, scratch: Path) -> None:
+        self.root = root
+        self.scratch = scratch
+        root.mkdir(parents=True, exist_ok=True)
+        scratch.mkdir(parents=True, exist_ok=True)
+
+    def path(self, chain_id: str) -> Path:
+        return self.root / chain_id.split(":", 1)[1]
+
+    def exists(self, chain_id: str) -> bool:
+        return self.path(chain_id).is_dir()
+
+    def stage(self, src: Readable) -> StagedLayer:
+        """Unpack into a fresh scratch dir; on any error nothing stays behind."""
+        tmp = Path(tempfile.mkdtemp(prefix="layer-", dir=self.scratch))
+        try:
+            os.chmod(tmp, 0o755)  # a tar without a "./" entry still gives a usable root
+            result = unpack(src, tmp)
+        except BaseException:
+            remove_tree(tmp)
+            raise
+        return StagedLayer(tmp, result.diff_id, result.size)
+
+    def commit(self, staged: StagedLayer, chain_id: str) -> None:
+        """Publish by rename; if another writer won the race, keep theirs."""
+        dest = self.path(chain_id)
+        if dest.exists():
+            remove_tree(staged.tmp)
+            return
+        os.rename(staged.tmp, dest)
+
+    def discard(self, staged: StagedLayer) -> None:
+        remove_tree(staged.tmp)
+
+    def delete(self, chain_id: str) -> None:
+        """Move out of sight first (one rename), then delete at leisure."""
+        dest = self.path(chain_id)
+        if not dest.exists():
+            return
+        trash = Path(tempfile.mkdtemp(prefix="gc-", dir=self.scratch))
+        os.rename(dest, trash / "layer")
+        remove_tree(trash)
+
+    def chain_ids(self) -> list[str]:
+        return ["sha256:" + e.name for e in os.scandir(self.root) if e.is_dir() and len(e.name) == 64]

@@ -1,0 +1,185 @@
+"""Readers that let one pass over a byte stream hash, store and decompress it.
+
+Layers are large: reading them once (receive → hash → store → decompress → hash →
+untar) is what keeps import, load and pull fast, and never needs the whole
+layer in memory.
+"""
+
+from __future__ import annotations
+
+import bz2
+import gzip
+import hashlib
+import io
+import lzma
+import shutil
+import subprocess
+import threading
+from collections.abc import Callable, Iterator
+from typing import BinaryIO, Protocol
+
+from services.common.errors import InvalidArgument
+
+CHUNK = 1 << 20
+
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+BZIP2_MAGIC = b"BZh"
+XZ_MAGIC = b"\xfd7zXZ\x00"
+
+
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+class ChunkStream(io.RawIOBase):
+    """A file object over an iterator of byte chunks (a gRPC client stream)."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
+        while not self._buf and not self._done:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                self._done = True
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def buffered(raw: io.RawIOBase) -> io.BufferedReader:
+    return io.BufferedReader(raw, CHUNK)
+
+
+class HashingReader:
+    """Hash (and optionally copy to `sink`) everything read through it."""
+
+    def __init__(self, src: Readable, sink: Callable[[bytes], object] | None = None) -> None:
+        self._src = src
+        self._sink = sink
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if data:
+            self._hash.update(data)
+            self.size += len(data)
+            if self._sink is not None:
+                self._sink(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the end, so the digest covers the whole stream (tar padding too)."""
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+class _Peekable:
+    """Give any reader a peek() so the compression can be sniffed without loss."""
+
+    def __init__(self, src: Readable) -> None:
+        self._src = src
+        self._head = b""
+
+    def peek(self, n: int) -> bytes:
+        while len(self._head) < n:
+            more = self._src.read(n - len(self._head))
+            if not more:
+                break
+            self._head += more
+        return self._head
+
+    def read(self, n: int = -1) -> bytes:
+        if self._head:
+            if n < 0:
+                out, self._head = self._head + self._src.read(), b""
+                return out
+            out, self._head = self._head[:n], self._head[n:]
+            return out
+        return self._src.read(n)
+
+
+class _ZstdReader:
+    """Decompress zstd with the `zstd` tool (no stdlib module on 3.11), fed by a thread."""
+
+    def __init__(self, src: Readable, tool: str) -> None:
+        self._proc = subprocess.Popen([tool, "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                      stderr=subprocess.DEVNULL)
+        self._feeder = threading.Thread(target=self._feed, args=(src,), daemon=True)
+        self._feeder.start()
+
+    def _feed(self, src: Readable) -> None:
+        assert self._proc.stdin is not None
+        try:
+            while data := src.read(CHUNK):
+                self._proc.stdin.write(data)
+        except (BrokenPipeError, OSError, ValueError):
+            pass
+        finally:
+            try:
+                self._proc.stdin.close()
+            except OSError:
+                pass
+
+    def read(self, n: int = -1) -> bytes:
+        assert self._proc.stdout is not None
+        data = self._proc.stdout.read(n)
+        if not data:
+            self._feeder.join()
+            if self._proc.wait() != 0:
+                raise EOFError("corrupt or truncated zstd stream")
+        return data
+
+    def close(self) -> None:
+        if self._proc.poll() is None:
+            self._proc.kill()
+        self._proc.wait()
+        self._feeder.join(timeout=5)
+
+
+def decompressed(src: Readable) -> tuple[Readable, str]:
+    """Wrap `src` so reads return the uncompressed bytes; also name the compression."""
+    peekable = _Peekable(src)
+    head = peekable.peek(6)
+    if head.startswith(GZIP_MAGIC):
+        return gzip.GzipFile(fileobj=peekable, mode="rb"), "gzip"  # type: ignore[arg-type]
+    if head.startswith(ZSTD_MAGIC):
+        tool = shutil.which("zstd")
+        if tool is None:
+            raise InvalidArgument("zstd-compressed layers need the `zstd` tool, which is not installed")
+        return _ZstdReader(peekable, tool), "zstd"
+    if head.startswith(BZIP2_MAGIC):
+        return bz2.BZ2File(peekable, "rb"), "bzip2"  # type: ignore[arg-type]
+    if head.startswith(XZ_MAGIC):
+        return lzma.LZMAFile(peekable, "rb"), "xz"  # type: ignore[arg-type]
+    return peekable, ""
+
+
+def close_quietly(obj: object) -> None:
+    close = getattr(obj, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001 - closing after an error must not mask it
+            pass
+
+
+def copy(src: Readable, dst: BinaryIO) -> int:
+    n = 0
+    while data := src.read(CHUNK):
+        dst.write(data)
+        n += len(data)
+    return n

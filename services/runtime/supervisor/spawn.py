@@ -1,0 +1,238 @@
+"""Forking a container: the code that runs in the supervisor's children.
+
+Child A (in the supervisor's namespaces) starts a new session, joins the container's
+cgroups, unshares the namespaces and forks B, the pid 1 of the new pid namespace; it
+sends B's host pid back and exits, so B is reparented to the subreaper supervisor.
+B builds the root filesystem, drops privileges and execs the command; anything that
+fails before exec is written to a CLOEXEC status pipe (EOF there means exec worked).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import select
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+
+from services.runtime import capabilities, namespaces, rootfs, users
+from services.runtime.syscalls import PR_SET_NO_NEW_PRIVS, Syscalls
+
+SETUP_FAILED_EXIT = 128
+SPAWN_TIMEOUT = 30.0
+
+
+@dataclass
+class SpawnConfig:
+    id: str
+    args: list[str]
+    env: list[str]
+    rootfs: dict
+    rootfs_dir: str
+    state_dir: str
+    log_path: str
+    cwd: str = "/"
+    user: str = ""
+    hostname: str = ""
+    files: dict[str, str] = field(default_factory=dict)
+    cgroup_procs: list[str] = field(default_factory=list)
+    open_stdin: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> SpawnConfig:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Spawned:
+    pid: int = 0
+    stdout: int = -1
+    stderr: int = -1
+    stdin: int = -1            # our write end of the container's stdin, when open_stdin
+    error: str = ""            # set when the container could not be started
+    exit_code: int = 0         # with error: 126/127 (exec) or 128 (setup)
+
+
+def exec_error(arg0: str, err: OSError) -> tuple[int, str]:
+    """Docker's exit code and message for a failed execve."""
+    if err.errno in (errno.ENOENT, errno.ENOTDIR):
+        if "/" in arg0:
+            return 127, f'exec: "{arg0}": stat {arg0}: no such file or directory'
+        return 127, f'exec: "{arg0}": executable file not found in $PATH'
+    if err.errno in (errno.EACCES, errno.EPERM, errno.ENOEXEC, errno.EISDIR):
+        return 126, f'exec: "{arg0}": permission denied'
+    return 126, f'exec: "{arg0}": {os.strerror(err.errno or 0)}'
+
+
+def env_dict(env: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in env:
+        k, _, v = item.partition("=")
+        if k:
+            out[k] = v
+    return out
+
+
+def reset_signals() -> None:
+    """Default dispositions for every signal (Python ignores SIGPIPE) and an empty mask."""
+    try:
+        signal.set_wakeup_fd(-1)
+    except ValueError:
+        pass
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _read_all(fd: int, deadline: float) -> bytes:
+    data = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("container setup timed out")
+        r, _, _ = select.select([fd], [], [], left)
+        if not r:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
+def _fail(fd: int, code: int, message: str) -> None:
+    try:
+        os.write(fd, json.dumps({"exit_code": code, "error": message}).encode())
+    finally:
+        os._exit(code)
+
+
+def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: int, in_r: int) -> None:
+    """pid 1 of the container: never returns."""
+    step = "setup"
+    try:
+        os.umask(0o022)
+        step = "rootfs"
+        rootfs.setup(sys, rootfs.RootfsMount.from_dict(cfg.rootfs), cfg.rootfs_dir, cfg.files)
+        step = "hostname"
+        if cfg.hostname:
+            sys.sethostname(cfg.hostname)
+        step = "loopback"
+        sys.link_up("lo")
+        step = "user"
+        try:
+            who = users.resolve(cfg.user, "/")
+        except users.UserError as exc:
+            _fail(status_w, SETUP_FAILED_EXIT, str(exc))
+        env = env_dict(cfg.env)
+        env.setdefault("HOME", who.home)
+        step = "cwd"
+        cwd = cfg.cwd or "/"
+        os.makedirs(cwd, exist_ok=True)
+        os.chdir(cwd)
+        step = "capabilities"
+        capabilities.restrict(sys)
+        step = "setuid"
+        os.setgroups(who.groups)
+        os.setgid(who.gid)
+        os.setuid(who.uid)
+        sys.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        step = "stdio"
+        if in_r < 0:
+            in_r = os.open("/dev/null", os.O_RDONLY)
+        os.dup2(in_r, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        reset_signals()
+    except BaseException as exc:  # noqa: BLE001 - report, never return into the supervisor
+        _fail(status_w, SETUP_FAILED_EXIT, f"container init failed at {step}: {exc}")
+    try:
+        os.execvpe(cfg.args[0], cfg.args, env)
+    except OSError as exc:
+        code, message = exec_error(cfg.args[0], exc)
+        _fail(status_w, code, message)
+    except BaseException as exc:  # noqa: BLE001
+        _fail(status_w, 126, f'exec: "{cfg.args[0]}": {exc}')
+    os._exit(SETUP_FAILED_EXIT)
+
+
+def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: int, err_w: int,
+             in_r: int) -> None:
+    """Join cgroups, unshare, fork the container's pid 1, report its pid: never returns."""
+    try:
+        reset_signals()
+        os.setsid()
+        me = str(os.getpid())
+        for procs in cfg.cgroup_procs:
+            with open(procs, "w") as f:
+                f.write(me)
+        namespaces.enter_new_namespaces(sys)
+        b = os.fork()
+        if b == 0:
+            os.close(pid_w)
+            _init_b(sys, cfg, status_w, out_w, err_w, in_r)
+            os._exit(SETUP_FAILED_EXIT)
+        os.write(pid_w, json.dumps({"pid": b}).encode())
+        os._exit(0)
+    except BaseException as exc:  # noqa: BLE001
+        try:
+            os.write(pid_w, json.dumps({"error": f"container init failed: {exc}"}).encode())
+        finally:
+            os._exit(1)
+
+
+def spawn(sys: Syscalls, cfg: SpawnConfig) -> Spawned:
+    """Start a container; on return its pid 1 has exec'd (or failed, see ``Spawned.error``)."""
+    if not cfg.args:
+        return Spawned(error="no command specified", exit_code=SETUP_FAILED_EXIT)
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid_r, pid_w = os.pipe()
+    status_r, status_w = os.pipe()
+    in_r, in_w = os.pipe() if cfg.open_stdin else (-1, -1)
+    a = os.fork()
+    if a == 0:
+        try:
+            for fd in (out_r, err_r, pid_r, status_r, in_w):
+                if fd >= 0:
+                    os.close(fd)
+            _child_a(sys, cfg, pid_w, status_w, out_w, err_w, in_r)
+        finally:
+            os._exit(1)
+    for fd in (out_w, err_w, pid_w, status_w, in_r):
+        if fd >= 0:
+            os.close(fd)
+    result = Spawned(stdout=out_r, stderr=err_r, stdin=in_w)
+    deadline = time.monotonic() + SPAWN_TIMEOUT
+    try:
+        raw = _read_all(pid_r, deadline)
+        os.waitpid(a, 0)
+        msg = json.loads(raw) if raw else {"error": "container init exited before starting the container"}
+        if "pid" not in msg:
+            result.error, result.exit_code = msg.get("error", "container init failed"), SETUP_FAILED_EXIT
+            return result
+        result.pid = msg["pid"]
+        try:
+            raw = _read_all(status_r, deadline)
+        except TimeoutError:
+            os.kill(result.pid, signal.SIGKILL)
+            result.error, result.exit_code = "container setup timed out", SETUP_FAILED_EXIT
+            return result
+        if raw:
+            msg = json.loads(raw)
+            result.error, result.exit_code = msg.get("error", "container init failed"), msg.get("exit_code", 128)
+        return result
+    finally:
+        os.close(pid_r)
+        os.close(status_r)
+        for fd in (out_r, err_r):
+            os.set_blocking(fd, False)

@@ -10,6 +10,7 @@ become overlayfs whiteouts so the layer dirs can be overlay lowerdirs as-is.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import lzma
@@ -88,17 +89,20 @@ class _Extractor:
         """Make every component of `rel` a real directory, refusing symlinks."""
         if rel in self.dirs:
             return
-        parent, _, _ = rel.rpartition("/")
-        self.ensure_dir(parent)
-        path = self._abs(rel)
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path, 0o755)
-        else:
-            if not stat.S_ISDIR(st.st_mode):
-                raise UnsafeEntry(f"unsafe path in layer: {rel!r} is not a directory (symlinks are not followed)")
-        self.dirs.add(rel)
+        parts = rel.split("/")
+        for i in range(1, len(parts) + 1):  # iterative: a hostile name may have thousands of parts
+            sub = "/".join(parts[:i])
+            if sub in self.dirs:
+                continue
+            path = self._abs(sub)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                os.mkdir(path, 0o755)
+            else:
+                if not stat.S_ISDIR(st.st_mode):
+                    raise UnsafeEntry(f"unsafe path in layer: {sub!r} is not a directory (symlinks are not followed)")
+            self.dirs.add(sub)
 
     def _forget(self, rel: str) -> None:
         prefix = rel + "/"
@@ -126,11 +130,10 @@ class _Extractor:
             os.chmod(path, info.mode & 0o7777)  # after chown: chown clears setuid bits
         for key, value in info.pax_headers.items():
             if key.startswith("SCHILY.xattr."):
-                try:
+                # e.g. security.* on a filesystem without it: not fatal, as in Docker
+                with contextlib.suppress(OSError):
                     os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
                                 follow_symlinks=False)
-                except OSError:
-                    pass  # e.g. security.* on a filesystem without it: not fatal, as in Docker
 
     def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         rel = clean_name(info.name)

@@ -9,6 +9,7 @@ disk that no row reaches (a crash between rename and commit) is collected.
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
 import re
@@ -125,7 +126,7 @@ class ImageStore:
             if digest not in live_blobs:
                 log.info("collecting unreferenced blob %s", digest)
                 self.content.delete(digest)
-        for key in self.snapshots.keys():
+        for key in self.snapshots.list_keys():
             if key not in snapshot_keys:
                 log.info("collecting snapshot dir without a record: %s", key)
                 remove_tree(self.snapshots.path(key))
@@ -357,8 +358,6 @@ class ImageStore:
 def _matches(filter_ref: str, tag: str) -> bool:
     """`docker images busybox` / `busybox:1.36` / `bus*` against one normalised tag."""
     if any(c in filter_ref for c in "*?["):
-        import fnmatch
-
         fam = reference.parse(tag)
         return fnmatch.fnmatchcase(fam.familiar_name, filter_ref) or fnmatch.fnmatchcase(fam.familiar(), filter_ref)
     try:

@@ -8,6 +8,7 @@ layer in memory.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import gzip
 import hashlib
 import io
@@ -87,7 +88,7 @@ class HashingReader:
         return "sha256:" + self._hash.hexdigest()
 
 
-class _Peekable:
+class Peekable:
     """Give any reader a peek() so the compression can be sniffed without loss."""
 
     def __init__(self, src: Readable) -> None:
@@ -129,10 +130,8 @@ class _ZstdReader:
         except (BrokenPipeError, OSError, ValueError):
             pass
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 self._proc.stdin.close()
-            except OSError:
-                pass
 
     def read(self, n: int = -1) -> bytes:
         assert self._proc.stdout is not None
@@ -150,20 +149,28 @@ class _ZstdReader:
         self._feeder.join(timeout=5)
 
 
+def compression_of(head: bytes) -> str:
+    """Name the compression from the first bytes of a stream ("" for none)."""
+    for magic, name in ((GZIP_MAGIC, "gzip"), (ZSTD_MAGIC, "zstd"), (BZIP2_MAGIC, "bzip2"), (XZ_MAGIC, "xz")):
+        if head.startswith(magic):
+            return name
+    return ""
+
+
 def decompressed(src: Readable) -> tuple[Readable, str]:
     """Wrap `src` so reads return the uncompressed bytes; also name the compression."""
-    peekable = _Peekable(src)
-    head = peekable.peek(6)
-    if head.startswith(GZIP_MAGIC):
+    peekable = src if isinstance(src, Peekable) else Peekable(src)
+    kind = compression_of(peekable.peek(6))
+    if kind == "gzip":
         return gzip.GzipFile(fileobj=peekable, mode="rb"), "gzip"  # type: ignore[arg-type]
-    if head.startswith(ZSTD_MAGIC):
+    if kind == "zstd":
         tool = shutil.which("zstd")
         if tool is None:
             raise InvalidArgument("zstd-compressed layers need the `zstd` tool, which is not installed")
         return _ZstdReader(peekable, tool), "zstd"
-    if head.startswith(BZIP2_MAGIC):
+    if kind == "bzip2":
         return bz2.BZ2File(peekable, "rb"), "bzip2"  # type: ignore[arg-type]
-    if head.startswith(XZ_MAGIC):
+    if kind == "xz":
         return lzma.LZMAFile(peekable, "rb"), "xz"  # type: ignore[arg-type]
     return peekable, ""
 
@@ -171,10 +178,8 @@ def decompressed(src: Readable) -> tuple[Readable, str]:
 def close_quietly(obj: object) -> None:
     close = getattr(obj, "close", None)
     if close is not None:
-        try:
+        with contextlib.suppress(Exception):  # closing after an error must not mask it
             close()
-        except Exception:  # noqa: BLE001 - closing after an error must not mask it
-            pass
 
 
 def copy(src: Readable, dst: BinaryIO) -> int:

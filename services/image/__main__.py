@@ -1,0 +1,30 @@
+"""`python -m services.image`: serve ImageService on the configured socket.
+
+Start-up is only: open the store (sweeping a crashed run's scratch space),
+collect what no record reaches, and serve.
+"""
+
+from __future__ import annotations
+
+import grpc
+
+from berth.image.v1 import image_pb2, image_pb2_grpc
+from services.common import config
+from services.common.server import serve
+from services.image.servicer import ImageServicer
+from services.image.store import ImageStore
+
+
+def main() -> None:
+    cfg = config.load()
+    store = ImageStore(cfg.image_dir, cfg.image_db_url)
+    store.reconcile()
+
+    def add(server: grpc.Server) -> None:
+        image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(store), server)
+
+    serve("image", cfg.image_socket, add, [image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name])
+
+
+if __name__ == "__main__":
+    main()

@@ -46,11 +46,24 @@ def services() -> Services:
 def clean_host(services: Services):
     """Fail the test if it leaves mounts, cgroups, netns or links behind."""
     before = HostState.capture(services.cgroup_parent)
+    dirs_before = _state_dirs(services)
     yield
     deadline = time.monotonic() + 5
     while True:
         leaks = HostState.capture(services.cgroup_parent).leaks_since(before)
+        new_dirs = _state_dirs(services) - dirs_before
+        if new_dirs:
+            leaks.append(f"state dirs: {sorted(new_dirs)[:5]}")
         if not leaks or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     assert not leaks, f"host not clean: {leaks}"
+
+
+def _state_dirs(services: Services) -> set[str]:
+    """Per-container directories of runtime and image: a removed container leaves none."""
+    found = set()
+    for d in (services.root_dir / "runtime" / "containers", services.root_dir / "image" / "snapshots"):
+        if d.is_dir():
+            found |= {str(p) for p in d.iterdir()}
+    return found

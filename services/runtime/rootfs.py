@@ -11,8 +11,17 @@ import stat
 from dataclasses import dataclass, field
 
 from services.runtime.syscalls import (
-    MNT_DETACH, MS_BIND, MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_REMOUNT,
-    MS_STRICTATIME, Syscalls,
+    MNT_DETACH,
+    MS_BIND,
+    MS_NODEV,
+    MS_NOEXEC,
+    MS_NOSUID,
+    MS_PRIVATE,
+    MS_RDONLY,
+    MS_REC,
+    MS_REMOUNT,
+    MS_STRICTATIME,
+    Syscalls,
 )
 
 # (name, major, minor), all mode 0666 like Docker's defaults.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_retry, write
@@ -52,10 +53,8 @@ class V2Manager:
                 enabled = set()
             for c in WANTED:
                 if c in available and c not in enabled:
-                    try:
+                    with contextlib.suppress(OSError):
                         write(d / "cgroup.subtree_control", "+" + c)
-                    except OSError:
-                        pass  # not delegable here; limits for it will be skipped
 
     def create(self, cid: str, limits: Limits) -> list[Path]:
         self._enable_controllers()

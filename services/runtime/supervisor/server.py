@@ -10,6 +10,7 @@ supervisor outlives that server so containers keep running across its restarts.
 from __future__ import annotations
 
 import base64
+import contextlib
 import fcntl
 import json
 import logging
@@ -130,20 +131,18 @@ class Supervisor:
                 elif kind == "accept":
                     self._accept()
                 elif kind == "conn":
-                    if mask & selectors.EVENT_READ:
+                    if mask & selectors.EVENT_READ and obj in self.conns:
                         self._conn_read(obj)
                     if mask & selectors.EVENT_WRITE and obj in self.conns:
                         self._conn_flush(obj)
-                elif kind == "pipe":
+                elif kind == "pipe" and key.fd in obj.fds:
                     self._pipe_read(obj, key.fd)
 
     def _cleanup(self) -> None:
         for c in list(self.conns):
             self._close(c)
-        try:
+        with contextlib.suppress(FileNotFoundError):
             os.unlink(self.socket_path)
-        except FileNotFoundError:
-            pass
         try:
             with open(self.pid_file) as f:
                 if f.read().strip() == str(os.getpid()):
@@ -178,10 +177,8 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         for c in list(self.containers.values()):
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         deadline = time.monotonic() + 10
         while self.containers and time.monotonic() < deadline:
             self._reap(block=True)
@@ -249,10 +246,8 @@ class Supervisor:
         self.conns.discard(conn)
         for subs in self.subs.values():
             subs.discard(conn)
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             self.sel.unregister(conn.sock)
-        except (KeyError, ValueError):
-            pass
         conn.sock.close()
 
     def _conn_read(self, conn: Conn) -> None:
@@ -316,10 +311,8 @@ class Supervisor:
             c = self.containers.get(req.get("id", ""))
             if c is None:
                 return {"ok": False, "error": "container is not running"}
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, int(req.get("signal", signal.SIGKILL)))
-            except ProcessLookupError:
-                pass
             return {"ok": True}
         if op == "subscribe":
             cid = req["id"]

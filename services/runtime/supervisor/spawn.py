@@ -9,6 +9,7 @@ fails before exec is written to a CLOEXEC status pipe (EOF there means exec work
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -80,17 +81,13 @@ def env_dict(env: list[str]) -> dict[str, str]:
 
 def reset_signals() -> None:
     """Default dispositions for every signal (Python ignores SIGPIPE) and an empty mask."""
-    try:
+    with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
-    except ValueError:
-        pass
     for sig in range(1, signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        try:
+        with contextlib.suppress(OSError, ValueError, RuntimeError):
             signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError, RuntimeError):
-            pass
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 

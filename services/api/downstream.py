@@ -6,12 +6,16 @@ gRPC's "failed to connect to all addresses" with a socket dump.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import Message
 
 from services.common import errors
+
+RETRY_TIMEOUT = 3.0
 
 
 class Downstream:
@@ -32,9 +36,18 @@ class Downstream:
             try:
                 result = call(*args, **kwargs)
             except grpc.RpcError as err:
-                if err.code() == grpc.StatusCode.UNAVAILABLE:
+                if err.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise
+                if not (os.path.exists(self._socket) and args and isinstance(args[0], Message)):
                     raise self._unavailable() from None
-                raise
+                # The socket is there: the service may have just restarted while the
+                # channel was backing off. Retry a unary request once, waiting briefly.
+                try:
+                    result = call(*args, wait_for_ready=True, timeout=RETRY_TIMEOUT, **kwargs)
+                except grpc.RpcError as again:
+                    if again.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                        raise self._unavailable() from None
+                    raise
             if isinstance(result, grpc.Call) and isinstance(result, Iterator):
                 return self._stream(result)
             return result

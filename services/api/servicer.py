@@ -109,8 +109,6 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
     def _start(self, cid: str, context: grpc.ServicerContext) -> runtime_pb2.Container:
         container = self.runtime.Start(runtime_pb2.ContainerRef(id=cid))
         if container.error:
-            if container.spec.auto_remove:
-                self._remove(container.id, force=True)
             context.set_trailing_metadata(((EXIT_CODE_KEY, str(container.exit_code or 125)),))
             raise errors.FailedPrecondition(container.error)
         self.events.record("container", "start", container.id, name=container.name)
@@ -136,7 +134,12 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
         cid = container.id
         yield api_pb2.RunResponse(container_id=cid)
         if spec.detach:
-            self._start(cid, context)
+            try:
+                self._start(cid, context)
+            except BaseException:
+                if spec.auto_remove:
+                    self._remove(cid, force=True)
+                raise
             if spec.auto_remove:
                 self._auto_remove_when_done(cid)
             return

@@ -102,9 +102,17 @@ def serve(
     log.info("%s stopped", name)
 
 
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 << 20),
+    ("grpc.max_send_message_length", 64 << 20),
+    # A restarted service must be reachable again at once, not after gRPC's
+    # default exponential backoff (up to two minutes).
+    ("grpc.initial_reconnect_backoff_ms", 50),
+    ("grpc.min_reconnect_backoff_ms", 50),
+    ("grpc.max_reconnect_backoff_ms", 500),
+]
+
+
 def channel(socket_path: Path) -> grpc.Channel:
     """A channel to another Berth service's unix socket."""
-    return grpc.insecure_channel(
-        f"unix://{socket_path}",
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
-    )
+    return grpc.insecure_channel(f"unix://{socket_path}", options=CHANNEL_OPTIONS)

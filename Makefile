@@ -17,7 +17,7 @@ TEST_ARGS ?=
 
 all: setup
 
-setup: venv protos install
+setup: venv protos
 
 $(STAMP_APT):
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -62,7 +62,7 @@ daemon-stop:
 	$(VPY) -m cli daemon stop
 
 # One command: set up, start the services, import busybox, run a container.
-demo: setup
+demo: setup install
 	$(VPY) -m cli daemon start
 	$(VPY) -m tests.images busybox-rootfs.tar
 	$(VPY) -m cli import busybox-rootfs.tar busybox:latest

@@ -131,6 +131,8 @@ class Containers:
     def close(self) -> None:
         self._stopped.set()
         self.sup.shutdown(if_idle=True)
+        # Leave no empty parent cgroup behind; one still holding containers stays.
+        self.cgroups.remove_parent()
 
     def _watch(self, stream) -> None:  # noqa: ANN001
         while not self._stopped.is_set():

@@ -28,8 +28,10 @@ def private():
     svc.stop_supervisor()
     svc.drop_databases()
     leaks = HostState.capture(svc.cgroup_parent).leaks_since(before)
+    parents = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{svc.cgroup_parent}")]
     shutil.rmtree(base, ignore_errors=True)
     assert not leaks, leaks
+    assert not parents, f"berth's parent cgroups left after daemon stop: {parents}"
 
 
 def test_daemon_restart_keeps_state(private, busybox_tar):

@@ -46,6 +46,9 @@ class Manager(Protocol):
     def remove(self, cid: str) -> None:
         """Remove the container's cgroups (all its processes must be gone or going)."""
 
+    def remove_parent(self) -> None:
+        """Remove Berth's parent cgroup(s) if no container is left in them."""
+
 
 def detect(root: Path) -> str:
     """"v2" on a pure unified host, "v1" where per-controller hierarchies are mounted (incl. hybrid)."""
@@ -80,6 +83,15 @@ def read_keyed(path: Path) -> dict[str, int]:
         if len(parts) == 2 and parts[1].lstrip("-").isdigit():
             out[parts[0]] = int(parts[1])
     return out
+
+
+def rmdir_if_empty(path: Path) -> None:
+    """rmdir that leaves a cgroup still holding children or processes alone."""
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
+            raise
 
 
 def rmdir_retry(path: Path, timeout: float = 2.0) -> None:

@@ -6,7 +6,7 @@ import errno
 import os
 from pathlib import Path
 
-from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_retry, write
+from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_if_empty, rmdir_retry, write
 
 # cpuset is left out: a new cpuset cgroup needs cpus/mems copied in before it accepts tasks.
 CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
@@ -105,3 +105,7 @@ class V1Manager:
     def remove(self, cid: str) -> None:
         for d in self.dirs(cid):
             rmdir_retry(d)
+
+    def remove_parent(self) -> None:
+        for path in self.controllers.values():
+            rmdir_if_empty(path / self.parent)

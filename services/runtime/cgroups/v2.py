@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_retry, write
+from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_if_empty, rmdir_retry, write
 
 WANTED = ("memory", "cpu", "pids")
 
@@ -94,3 +94,6 @@ class V2Manager:
 
     def remove(self, cid: str) -> None:
         rmdir_retry(self._dir(cid))
+
+    def remove_parent(self) -> None:
+        rmdir_if_empty(self.root / self.parent)

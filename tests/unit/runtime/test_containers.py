@@ -86,6 +86,9 @@ class FakeCgroups:
     def remove(self, cid):  # noqa: ANN001
         self.live.pop(cid, None)
 
+    def remove_parent(self) -> None:
+        self.parent_removed = not self.live
+
 
 @pytest.fixture
 def env(tmp_path):

@@ -40,6 +40,7 @@ PR_SET_PDEATHSIG = 1
 _PIVOT_ROOT_NR = {"x86_64": 155, "aarch64": 41, "armv7l": 218, "ppc64le": 203, "s390x": 217, "riscv64": 41}
 _CAPGET_NR = {"x86_64": 125, "aarch64": 90, "armv7l": 184, "ppc64le": 183, "s390x": 184, "riscv64": 90}
 _CAPSET_NR = {"x86_64": 126, "aarch64": 91, "armv7l": 185, "ppc64le": 184, "s390x": 185, "riscv64": 91}
+_RT_SIGACTION_NR = {"x86_64": 13, "aarch64": 134, "armv7l": 174, "ppc64le": 173, "s390x": 174, "riscv64": 134}
 _LINUX_CAPABILITY_VERSION_3 = 0x20080522
 
 SIOCGIFFLAGS = 0x8913
@@ -59,6 +60,7 @@ class Syscalls(Protocol):
     def mknod(self, path: str, mode: int, device: int) -> None: ...
     def clear_inheritable_caps(self) -> None: ...
     def link_up(self, name: str) -> None: ...
+    def default_signal(self, sig: int) -> None: ...
 
 
 def _check(ret: int, what: str) -> int:
@@ -124,6 +126,14 @@ class LinuxSyscalls:
         data[5] = 0
         _check(self._libc.syscall(ctypes.c_long(_CAPSET_NR[self._arch]), header, data), "capset")
 
+    def default_signal(self, sig: int) -> None:
+        """SIG_DFL through the raw syscall: glibc and Python refuse signals 32 and 33
+        (glibc's internal ones), yet an ignored disposition for them is inherited
+        across execve from whoever started the supervisor."""
+        act = ctypes.create_string_buffer(64)  # struct sigaction, zeroed: SIG_DFL, no flags, empty mask
+        _check(self._libc.syscall(ctypes.c_long(_RT_SIGACTION_NR[self._arch]), ctypes.c_long(sig), act,
+                                  None, ctypes.c_long(8)), f"rt_sigaction({sig})")
+
     def link_up(self, name: str) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             req = struct.pack("16sH14x", name.encode(), 0)
@@ -178,6 +188,9 @@ class RecordingSyscalls:
 
     def link_up(self, name: str) -> None:
         self._record("link_up", name)
+
+    def default_signal(self, sig: int) -> None:
+        self._record("default_signal", sig)
 
 
 __all__ = ["Syscalls", "LinuxSyscalls", "RecordingSyscalls", "errno"]

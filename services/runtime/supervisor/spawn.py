@@ -79,15 +79,17 @@ def env_dict(env: list[str]) -> dict[str, str]:
     return out
 
 
-def reset_signals() -> None:
+def reset_signals(sys: Syscalls) -> None:
     """Default dispositions for every signal (Python ignores SIGPIPE) and an empty mask."""
     with contextlib.suppress(ValueError):
         signal.set_wakeup_fd(-1)
     for sig in range(1, signal.NSIG):
         if sig in (signal.SIGKILL, signal.SIGSTOP):
             continue
-        with contextlib.suppress(OSError, ValueError, RuntimeError):
+        try:
             signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError, RuntimeError):
+            sys.default_signal(sig)  # 32 and 33: only the raw syscall reaches them
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
 
 
@@ -149,7 +151,7 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
         os.dup2(in_r, 0)
         os.dup2(out_w, 1)
         os.dup2(err_w, 2)
-        reset_signals()
+        reset_signals(sys)
     except BaseException as exc:  # noqa: BLE001 - report, never return into the supervisor
         _fail(status_w, SETUP_FAILED_EXIT, f"container init failed at {step}: {exc}")
     try:
@@ -166,7 +168,7 @@ def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: 
              in_r: int) -> None:
     """Join cgroups, unshare, fork the container's pid 1, report its pid: never returns."""
     try:
-        reset_signals()
+        reset_signals(sys)
         os.setsid()
         me = str(os.getpid())
         for procs in cfg.cgroup_procs:

@@ -418,6 +418,9 @@ class Containers:
                 if ev.kind == "out":
                     yield AttachEvent("output", stream=ev.stream, data=ev.data, time_ns=ev.time_ns)
                 elif ev.kind == "exit":
+                    # Record the exit (idempotent with the watch thread) before telling the
+                    # caller, so an Inspect right after shows it, OOMKilled included.
+                    self._on_exit(cid, ev.pid, ev.exit_code, ev.finished_at)
                     yield AttachEvent("exit", exit_code=ev.exit_code)
                     return
         finally:

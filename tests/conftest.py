@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -36,10 +35,7 @@ def services() -> Services:
     assert r.returncode == 0, r.stderr
     yield svc
     svc.berth("rm", "-f", *svc.berth("ps", "-aq").stdout.split())
-    svc.stop()
-    svc.stop_supervisor()
-    svc.drop_databases()
-    shutil.rmtree(base, ignore_errors=True)
+    svc.close()
 
 
 @pytest.fixture

@@ -7,7 +7,9 @@ and the supervisor by PID.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -130,6 +132,20 @@ class Services:
                 return
             time.sleep(0.05)
         os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Stop everything this instance started and remove its state: services,
+        supervisor (by PID), its databases, its parent cgroups and its temp dir."""
+        self.stop()
+        self.stop_supervisor()
+        self.drop_databases()
+        root = Path("/sys/fs/cgroup")
+        for parent in [root / self.cgroup_parent, *(c / self.cgroup_parent for c in root.iterdir())]:
+            if parent.is_dir():
+                for child in [*(c for c in parent.iterdir() if c.is_dir()), parent]:
+                    with contextlib.suppress(OSError):  # still busy: the leak checks report it
+                        child.rmdir()
+        shutil.rmtree(self.base, ignore_errors=True)
 
     def berth(self, *args: str, input: bytes | str | None = None, timeout: float = 60,
               check: bool = False) -> subprocess.CompletedProcess:

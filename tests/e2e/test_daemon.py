@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import tempfile
 import time
@@ -25,11 +24,9 @@ def private():
     yield svc
     svc.berth("rm", "-f", *svc.berth("ps", "-aq").stdout.split())
     svc.berth("daemon", "stop")
-    svc.stop_supervisor()
-    svc.drop_databases()
     leaks = HostState.capture(svc.cgroup_parent).leaks_since(before)
     parents = [str(p) for p in Path("/sys/fs/cgroup").glob(f"*/{svc.cgroup_parent}")]
-    shutil.rmtree(base, ignore_errors=True)
+    svc.close()
     assert not leaks, leaks
     assert not parents, f"berth's parent cgroups left after daemon stop: {parents}"
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,8 +21,7 @@ def image_service() -> Iterator[Services]:
         svc.start("image")
         yield svc
     finally:
-        svc.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        svc.close()
 
 
 @pytest.fixture

@@ -95,5 +95,4 @@ def test_restart_after_sigkill_sweeps_leftovers() -> None:
             snap = stub.PrepareSnapshot(image_pb2.PrepareSnapshotRequest(key="after", image="survivor"))
             assert all(Path(p).is_dir() for p in snap.mount.lowerdirs)
     finally:
-        svc.stop()
-        shutil.rmtree(base, ignore_errors=True)
+        svc.close()

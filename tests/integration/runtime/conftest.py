@@ -108,18 +108,7 @@ def runtime_service(busybox_dir: Path):
     yield rt
     rt.remove_all()
     rt.channel.close()
-    svc.stop()
-    svc.stop_supervisor()
-    remove_cgroup_parent(svc.cgroup_parent)
-    shutil.rmtree(base, ignore_errors=True)
-
-
-def remove_cgroup_parent(parent: str) -> None:
-    """The per-parent cgroup dirs are left by design; a test run removes its own (empty) ones."""
-    root = Path("/sys/fs/cgroup")
-    for d in [root / parent, *(p / parent for p in root.iterdir() if p.is_dir())]:
-        with contextlib.suppress(OSError):
-            d.rmdir()
+    svc.close()
 
 
 @pytest.fixture

@@ -47,12 +47,11 @@ def _log_lines_file(rt, cid):
 
 def test_sigterm_leaves_containers_running_and_an_idle_supervisor_exits(busybox_dir, tmp_path):
     import os
-    import shutil
 
     from tests.harness import Services
     from tests.hostcheck import HostState
 
-    from .conftest import Runtime, remove_cgroup_parent
+    from .conftest import Runtime
 
     svc = Services(tmp_path)
     before = HostState.capture(svc.cgroup_parent)
@@ -83,10 +82,7 @@ def test_sigterm_leaves_containers_running_and_an_idle_supervisor_exits(busybox_
     finally:
         rt.remove_all()
         rt.channel.close()
-        svc.stop()
-        svc.stop_supervisor()
-        remove_cgroup_parent(svc.cgroup_parent)
-        shutil.rmtree(tmp_path / "lib", ignore_errors=True)
+        svc.close()
 
 
 def _alive(pid: int) -> bool:

@@ -24,18 +24,39 @@ def _global(host: str = typer.Option("", "-H", "--host", envvar="BERTH_HOST",
         os.environ["BERTH_HOST"] = host
 
 
-def _register() -> None:
-    from cli.commands import containers, daemon, images, system
+# Which module defines each top-level command: `berth run` imports and builds only
+# what it runs (typer builds every registered command's parser at start-up).
+MODULES = {
+    **dict.fromkeys(("run", "create", "start", "stop", "kill", "rm", "wait", "ps", "logs", "inspect",
+                     "container"), "containers"),
+    **dict.fromkeys(("images", "import", "load", "rmi", "tag", "image"), "images"),
+    **dict.fromkeys(("info", "version"), "system"),
+    "daemon": "daemon",
+}
 
-    for module in (containers, images, system):
-        module.register(app)
-    app.add_typer(images.image_app, name="image")
-    app.add_typer(containers.container_app, name="container")
-    app.add_typer(daemon.daemon_app, name="daemon")
+
+def _command_name(argv: list[str]) -> str | None:
+    """The first word that is not a global option (or its value)."""
+    args = iter(argv)
+    for arg in args:
+        if arg in ("-H", "--host"):
+            next(args, None)
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def _register(argv: list[str]) -> None:
+    import importlib
+
+    name = _command_name(argv)
+    only = name if name in MODULES else None
+    for module in [MODULES[name]] if only else sorted(set(MODULES.values())):
+        importlib.import_module(f"cli.commands.{module}").register(app, only)
 
 
 def main() -> None:
-    _register()
+    _register(sys.argv[1:])
     try:
         rc = app(standalone_mode=False, prog_name="berth")
         if isinstance(rc, int) and rc:

@@ -11,6 +11,7 @@ import typer
 
 from cli import output
 from cli.client import Client, CliError
+from cli.commands import add, add_group
 
 container_app = typer.Typer(help="Manage containers", no_args_is_help=True)
 
@@ -325,16 +326,21 @@ def container_inspect(targets: list[str] = typer.Argument(...),
     _print_inspect(found, format_)
 
 
-def register(app: typer.Typer) -> None:
-    app.command(context_settings=RUN_SETTINGS)(run)
-    app.command("create", context_settings=RUN_SETTINGS, help="Create a new container without starting it.")(run)
-    for fn in (start, stop, kill, rm, wait, ps, logs, inspect):
-        app.command()(fn)
+CREATE_HELP = "Create a new container without starting it."
+
+
+def _build_group() -> None:
     container_app.command("run", context_settings=RUN_SETTINGS)(run)
-    container_app.command("create", context_settings=RUN_SETTINGS,
-                          help="Create a new container without starting it.")(run)
+    container_app.command("create", context_settings=RUN_SETTINGS, help=CREATE_HELP)(run)
     for fn in (start, stop, kill, rm, wait, logs):
         container_app.command()(fn)
     container_app.command("ls")(ps)
     container_app.command("inspect")(container_inspect)
 
+
+def register(app: typer.Typer, only: str | None = None) -> None:
+    add(app, only, "run", run, context_settings=RUN_SETTINGS)
+    add(app, only, "create", run, context_settings=RUN_SETTINGS, help=CREATE_HELP)
+    for fn in (start, stop, kill, rm, wait, ps, logs, inspect):
+        add(app, only, fn.__name__, fn)
+    add_group(app, only, "container", container_app, _build_group)

@@ -17,6 +17,7 @@ from pathlib import Path
 import typer
 
 from cli.client import CliError
+from cli.commands import add_group
 
 daemon_app = typer.Typer(help="Run or stop the Berth services (api, runtime, image)", no_args_is_help=True)
 
@@ -118,3 +119,7 @@ def status() -> None:
         print(f"{name}: {state}")
     if not ok:
         raise typer.Exit(1)
+
+
+def register(app: typer.Typer, only: str | None = None) -> None:
+    add_group(app, only, "daemon", daemon_app, lambda: None)

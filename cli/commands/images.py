@@ -9,6 +9,7 @@ import typer
 
 from cli import output
 from cli.client import Client, CliError
+from cli.commands import add, add_group
 
 image_app = typer.Typer(help="Manage images", no_args_is_help=True)
 
@@ -147,15 +148,19 @@ def image_inspect(targets: list[str] = typer.Argument(...),
         raise CliError("", 1)
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(images)
-    app.command("import")(import_)
-    app.command()(load)
-    app.command()(rmi)
-    app.command()(tag)
+def _build_group() -> None:
     image_app.command("ls")(images)
     image_app.command("import")(import_)
     image_app.command("load")(load)
     image_app.command("rm")(rmi)
     image_app.command("tag")(tag)
     image_app.command("inspect")(image_inspect)
+
+
+def register(app: typer.Typer, only: str | None = None) -> None:
+    add(app, only, "images", images)
+    add(app, only, "import", import_)
+    add(app, only, "load", load)
+    add(app, only, "rmi", rmi)
+    add(app, only, "tag", tag)
+    add_group(app, only, "image", image_app, _build_group)

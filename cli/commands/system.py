@@ -7,6 +7,7 @@ import os
 import typer
 
 from cli.client import Client
+from cli.commands import add
 
 
 def info() -> None:
@@ -33,6 +34,6 @@ def version() -> None:
         print(f"Server: {err}")
 
 
-def register(app: typer.Typer) -> None:
-    app.command()(info)
-    app.command()(version)
+def register(app: typer.Typer, only: str | None = None) -> None:
+    add(app, only, "info", info)
+    add(app, only, "version", version)

@@ -6,6 +6,8 @@ It is the api's database (each service owns one); `berth events` will read it.
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 
 from sqlalchemy import BigInteger, Integer, String, Text
@@ -30,13 +32,35 @@ class Event(Base):
 
 
 class EventLog:
+    """Events are written by one background thread: a request never waits for the api's
+    own bookkeeping (a run records four events)."""
+
     def __init__(self, url: str) -> None:
         self._session: sessionmaker = open_db(url, Base)
+        self._queue: queue.Queue[Event | None] = queue.Queue()
+        self._writer = threading.Thread(target=self._write, name="events", daemon=True)
+        self._writer.start()
 
     def record(self, type_: str, action: str, actor: str, **attributes: str) -> None:
-        with self._session.begin() as s:
-            s.add(Event(time_unix_nano=time.time_ns(), type=type_, action=action, actor=actor,
-                        attributes=json.dumps(attributes)))
+        self._queue.put(Event(time_unix_nano=time.time_ns(), type=type_, action=action, actor=actor,
+                              attributes=json.dumps(attributes)))
+
+    def _write(self) -> None:
+        stopping = False
+        while not stopping:
+            batch = [self._queue.get()]
+            while not self._queue.empty():
+                batch.append(self._queue.get())
+            stopping = None in batch
+            events = [e for e in batch if e is not None]
+            if events:
+                with self._session.begin() as s:
+                    s.add_all(events)
+
+    def flush(self) -> None:
+        """Write what is queued and stop the writer (at shutdown)."""
+        self._queue.put(None)
+        self._writer.join(timeout=5)
 
     def since(self, since_unix_nano: int = 0) -> list[Event]:
         with self._session() as s:

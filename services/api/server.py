@@ -15,7 +15,8 @@ def main() -> None:
     cfg = config.load()
     image = image_pb2_grpc.ImageServiceStub(channel(cfg.image_socket))
     runtime = runtime_pb2_grpc.RuntimeServiceStub(channel(cfg.runtime_socket))
-    servicer = BerthServicer(image, runtime, EventLog(cfg.api_db_url), cfg)
+    events = EventLog(cfg.api_db_url)
+    servicer = BerthServicer(image, runtime, events, cfg)
     serve("api", cfg.api_socket,
           lambda server: api_pb2_grpc.add_BerthServicer_to_server(servicer, server),
-          ["berth.api.v1.Berth"])
+          ["berth.api.v1.Berth"], on_stop=events.flush)

@@ -13,10 +13,10 @@ import grpc
 from berth.image.v1 import image_pb2, image_pb2_grpc
 from berth.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
+from services.common.mount import Mount
 from services.common.server import map_errors
 from services.image import archive
 from services.image.imageconfig import container_config, parse_config
-from services.image.snapshots import Mount
 from services.image.store import ImageRecord, ImageStore, SnapshotRecord
 
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 import os
 import re
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
 from services.common.errors import AlreadyExists, InvalidArgument, NotFound
+from services.common.mount import Mount
 from services.image.layers import remove_tree
 
 KEY_RE = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}$")
@@ -24,18 +24,6 @@ def check_key(key: str) -> str:
     if not KEY_RE.match(key):
         raise InvalidArgument(f"invalid snapshot key {key!r}: must match {KEY_RE.pattern}")
     return key
-
-
-@dataclass
-class Mount:
-    """The shared mount contract (berth.types.v1.Mount) without the proto dependency."""
-
-    type: str
-    lowerdirs: list[str] = field(default_factory=list)
-    upperdir: str = ""
-    workdir: str = ""
-    source: str = ""
-    options: list[str] = field(default_factory=list)
 
 
 class Snapshotter(Protocol):

@@ -28,11 +28,12 @@ from sqlalchemy.orm import Session
 
 from services.common.db import open_db
 from services.common.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from services.common.mount import Mount
 from services.image import reference
 from services.image.content import LocalContentStore
 from services.image.layers import LayerStore, chain_ids, remove_tree
 from services.image.models import Base, ImageRow, LayerRow, SnapshotRow, TagRow
-from services.image.snapshots import Mount, OverlaySnapshotter, check_key
+from services.image.snapshots import OverlaySnapshotter, check_key
 
 log = logging.getLogger("berth.image")
 

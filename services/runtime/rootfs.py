@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass, field
 
+from services.common.mount import Mount
 from services.runtime.syscalls import (
     MNT_DETACH,
     MS_BIND,
@@ -36,28 +36,11 @@ MASKED_PATHS = [
 READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
 
 
-@dataclass
-class RootfsMount:
-    """The snapshot mount spec from the image service (types.v1.Mount as a plain object)."""
-
-    type: str
-    lowerdirs: list[str] = field(default_factory=list)
-    upperdir: str = ""
-    workdir: str = ""
-    source: str = ""
-    options: list[str] = field(default_factory=list)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RootfsMount:
-        return cls(type=d.get("type", ""), lowerdirs=list(d.get("lowerdirs", [])), upperdir=d.get("upperdir", ""),
-                   workdir=d.get("workdir", ""), source=d.get("source", ""), options=list(d.get("options", [])))
-
-
 def _join(root: str, path: str) -> str:
     return os.path.join(root, path.lstrip("/"))
 
 
-def mount_root(sys: Syscalls, spec: RootfsMount, target: str) -> None:
+def mount_root(sys: Syscalls, spec: Mount, target: str) -> None:
     """Make our mount namespace private, then mount the snapshot at ``target``."""
     sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
     readonly = "ro" in spec.options
@@ -144,7 +127,7 @@ def readonly_paths(sys: Syscalls, paths: list[str] = READONLY_PATHS) -> None:
             sys.mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 
 
-def setup(sys: Syscalls, spec: RootfsMount, root: str, files: dict[str, str]) -> None:
+def setup(sys: Syscalls, spec: Mount, root: str, files: dict[str, str]) -> None:
     """The whole sequence, from a fresh mount namespace to a pivoted, hardened root."""
     mount_root(sys, spec, root)
     mount_kernel_fs(sys, root)

@@ -36,22 +36,16 @@ def test_import_images_inspect_rmi(services, busybox_tar):
     one_line_error(services.berth("image", "inspect", "mybox:1"), 1, "No such image")
 
 
-def test_load_docker_save_and_oci_layout(services, tmp_path):
-    base = images.busybox_rootfs_bytes()
-    top = images.layer_tar({"app": None, "app/hello.txt": b"docker-save layer\n"})
-    save = tmp_path / "save.tar"
-    save.write_bytes(images.docker_save_archive([base, top], "saved:1", cmd=["cat", "/app/hello.txt"]))
-    r = ok(services.berth("load", "-i", str(save)))
-    assert "Loaded image: saved:1" in r.stdout
-    assert ok(services.berth("run", "--rm", "saved:1")).stdout == "docker-save layer\n"
-
-    top2 = images.layer_tar({"app": None, "app/hello.txt": b"oci layer\n"})
-    oci = tmp_path / "oci.tar"
-    oci.write_bytes(images.oci_layout_archive([base, top2], "example.com/oci/app:2", cmd=["cat", "/app/hello.txt"]))
-    r = ok(services.berth("load", "-i", str(oci)))
-    assert "example.com/oci/app:2" in r.stdout
-    assert ok(services.berth("run", "--rm", "example.com/oci/app:2")).stdout == "oci layer\n"
-    ok(services.berth("rmi", "saved:1", "example.com/oci/app:2"))
+@pytest.mark.parametrize(("builder", "ref"), [(images.docker_save_archive, "saved:1"),
+                                            (images.oci_layout_archive, "example.com/oci/app:2")])
+def test_load_docker_save_and_oci_layout(services, tmp_path, builder, ref):
+    top = images.layer_tar({"app": None, "app/hello.txt": ref.encode() + b"\n"})
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(builder([images.busybox_rootfs_bytes(), top], ref, cmd=["cat", "/app/hello.txt"]))
+    r = ok(services.berth("load", "-i", str(archive)))
+    assert f"Loaded image: {ref}" in r.stdout
+    assert ok(services.berth("run", "--rm", ref)).stdout == ref + "\n"
+    ok(services.berth("rmi", ref))
 
 
 def test_bad_archives_leave_nothing(services, tmp_path):

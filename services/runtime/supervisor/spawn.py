@@ -18,6 +18,7 @@ import signal
 import time
 from dataclasses import asdict, dataclass, field
 
+from services.common.mount import Mount
 from services.runtime import capabilities, namespaces, rootfs, users
 from services.runtime.syscalls import PR_SET_NO_NEW_PRIVS, Syscalls
 
@@ -121,7 +122,7 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
     try:
         os.umask(0o022)
         step = "rootfs"
-        rootfs.setup(sys, rootfs.RootfsMount.from_dict(cfg.rootfs), cfg.rootfs_dir, cfg.files)
+        rootfs.setup(sys, Mount.from_dict(cfg.rootfs), cfg.rootfs_dir, cfg.files)
         step = "hostname"
         if cfg.hostname:
             sys.sethostname(cfg.hostname)

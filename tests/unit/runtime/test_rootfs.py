@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+from services.common.mount import Mount
 from services.runtime import capabilities, namespaces, rootfs
 from services.runtime.syscalls import (
     MNT_DETACH,
@@ -36,7 +37,7 @@ def test_namespaces_are_all_but_user():
 
 def test_overlay_root_is_mounted_after_making_everything_private(tmp_path):
     fake = RecordingSyscalls()
-    spec = rootfs.RootfsMount(type="overlay", lowerdirs=["/l1", "/l2"], upperdir="/u", workdir="/w")
+    spec = Mount(type="overlay", lowerdirs=["/l1", "/l2"], upperdir="/u", workdir="/w")
     rootfs.mount_root(fake, spec, str(tmp_path))
     assert mounts(fake) == [
         (None, "/", None, MS_REC | MS_PRIVATE, None),
@@ -46,14 +47,14 @@ def test_overlay_root_is_mounted_after_making_everything_private(tmp_path):
 
 def test_bind_root_read_only(tmp_path):
     fake = RecordingSyscalls()
-    rootfs.mount_root(fake, rootfs.RootfsMount(type="bind", source="/src", options=["ro"]), str(tmp_path))
+    rootfs.mount_root(fake, Mount(type="bind", source="/src", options=["ro"]), str(tmp_path))
     assert mounts(fake)[1:] == [("/src", str(tmp_path), None, MS_BIND | MS_REC, None),
                                 (None, str(tmp_path), None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)]
 
 
 def test_unknown_root_type_is_refused(tmp_path):
     with pytest.raises(ValueError):
-        rootfs.mount_root(RecordingSyscalls(), rootfs.RootfsMount(type="zfs"), str(tmp_path))
+        rootfs.mount_root(RecordingSyscalls(), Mount(type="zfs"), str(tmp_path))
 
 
 def test_kernel_filesystems_and_dev(tmp_path):
@@ -105,7 +106,7 @@ def test_masked_and_readonly_paths(tmp_path):
 def test_mount_failure_propagates_with_its_errno(tmp_path):
     fake = RecordingSyscalls(fail={"mount": errno.EPERM})
     with pytest.raises(OSError) as e:
-        rootfs.mount_root(fake, rootfs.RootfsMount(type="overlay", lowerdirs=["/l"]), str(tmp_path))
+        rootfs.mount_root(fake, Mount(type="overlay", lowerdirs=["/l"]), str(tmp_path))
     assert e.value.errno == errno.EPERM
 
 

@@ -1,13 +1,17 @@
-# One image, three entrypoints: `python -m services.api|runtime|image`.
-# BASE_IMAGE defaults to the official Python slim image; offline hosts can build
-# a local Debian base and pass it with --build-arg BASE_IMAGE=...
+# One image, three entrypoints: `python -m services.api|runtime|image`; the `tests`
+# target adds the test suite for `make e2e-compose`.
+# BASE_IMAGE defaults to the official Python slim image; offline hosts build a local
+# Debian bookworm base (tests/compose/base-image.sh) and pass it as a build argument.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
-FROM ${BASE_IMAGE}
+FROM ${BASE_IMAGE} AS services
 
-RUN apt-get update \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-      iproute2 util-linux \
- && rm -rf /var/lib/apt/lists/*
+# pip verifies TLS against the system trust store (which a local base copies from its host).
+ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONUNBUFFERED=1
+RUN command -v ip >/dev/null && command -v mount >/dev/null || { \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        iproute2 util-linux && rm -rf /var/lib/apt/lists/*; }
 
 WORKDIR /opt/berth
 COPY requirements.txt ./
@@ -21,7 +25,16 @@ RUN mkdir -p gen \
 COPY services ./services
 COPY cli ./cli
 ENV PYTHONPATH=/opt/berth:/opt/berth/gen \
-    PATH=/opt/berth/.venv/bin:$PATH \
-    BERTH_CONFIG=/etc/berth/berth.toml
-ENTRYPOINT ["python", "-m"]
+    PATH=/opt/berth/.venv/bin:$PATH
+ENTRYPOINT ["/opt/berth/.venv/bin/python", "-m"]
 CMD ["services.api"]
+
+FROM services AS tests
+RUN command -v busybox >/dev/null && command -v ps >/dev/null || { \
+      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+        busybox-static procps && rm -rf /var/lib/apt/lists/*; }
+COPY requirements-dev.txt ./
+RUN /opt/berth/.venv/bin/pip install --no-cache-dir -r requirements-dev.txt
+COPY pyproject.toml ./
+COPY tests ./tests
+CMD ["pytest", "-q", "-p", "no:cacheprovider", "tests/e2e"]

@@ -12,7 +12,7 @@ STAMP_VENV := $(VENV)/.venv-stamp
 STAMP_GEN := $(GEN)/.stamp
 TEST_ARGS ?=
 
-.PHONY: all setup apt venv protos demo test unit integration e2e lint bench clean \
+.PHONY: all setup apt venv protos demo test unit integration e2e e2e-compose lint bench clean \
         install daemon-start daemon-stop postgres
 
 all: setup
@@ -78,6 +78,13 @@ unit: setup
 test: setup
 	@if [ "$${BERTH_TEST_POSTGRES:-}" = 1 ]; then bash tests/postgres.sh; fi
 	$(VPY) -m pytest -q tests $(TEST_ARGS)
+
+# The e2e suite against the services running as containers under docker compose:
+# installs docker.io/docker-compose if missing, starts a private dockerd unless one
+# runs, builds the image (on a debootstrapped local base unless BASE_IMAGE is set),
+# runs tests/e2e in the `tests` service and tears everything down.
+e2e-compose: setup
+	bash tests/compose/e2e.sh
 
 # Run the suite against PostgreSQL: installs and starts a local server.
 postgres:

@@ -103,6 +103,8 @@ def private_dockerd(base: Path) -> Iterator[list[str]]:
         return
     d = base / "dockerd"
     d.mkdir()
+    # dockerd leaves its parent cgroups behind: remove them afterwards unless they were here.
+    cgroups_before = set(Path("/sys/fs/cgroup").glob("*/docker"))
     sock = d / "docker.sock"
     with open(d / "dockerd.log", "wb") as log:
         proc = subprocess.Popen(["dockerd", "--bridge=none", "--iptables=false", "--ip6tables=false",
@@ -126,6 +128,11 @@ def private_dockerd(base: Path) -> Iterator[list[str]]:
             proc.kill()
             proc.wait()
         subprocess.run(["umount", "-R", str(d)], capture_output=True)
+        for cg in set(Path("/sys/fs/cgroup").glob("*/docker")) - cgroups_before:
+            for sub in sorted(cg.rglob("*"), reverse=True):
+                if sub.is_dir():
+                    sub.rmdir()
+            cg.rmdir()
 
 
 def rss_kb(pid: int) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests import images
-from tests.harness import Services
+from tests.harness import EXTERNAL, ExternalServices, Services
 from tests.hostcheck import HostState
 
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root")
@@ -26,10 +26,12 @@ def busybox_tar(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def services() -> Services:
     """One set of services for the session, with busybox imported."""
-    base = Path(tempfile.mkdtemp(prefix="berth-test-"))
-    svc = Services(base)
+    if EXTERNAL:
+        svc: Services = ExternalServices()
+    else:
+        svc = Services(Path(tempfile.mkdtemp(prefix="berth-test-")))
     svc.start()
-    tar = base / "busybox.tar"
+    tar = svc.base / "busybox.tar"
     tar.write_bytes(images.busybox_rootfs_bytes())
     r = svc.berth("import", str(tar), "busybox:latest")
     assert r.returncode == 0, r.stderr

@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -22,6 +23,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 REPO = Path(__file__).resolve().parent.parent
 SERVICES = ("image", "runtime", "api")
+# `make e2e-compose` runs the same e2e suite against services started by docker
+# compose: BERTH_E2E_EXTERNAL=1 chooses them instead of starting private ones.
+EXTERNAL = os.environ.get("BERTH_E2E_EXTERNAL") == "1"
 
 
 class Services:
@@ -153,3 +157,24 @@ class Services:
         text = not isinstance(input, bytes)
         return subprocess.run([sys.executable, "-m", "cli", *args], env=self.env, cwd=REPO, input=input,
                               capture_output=True, text=text, timeout=timeout, check=check)
+
+
+class ExternalServices(Services):
+    """Services someone else started (e.g. `make e2e-compose`): the same interface for the
+    e2e suite, configured from BERTH_* in the environment; nothing is started or stopped."""
+
+    def __init__(self) -> None:
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.run_dir = Path(self.env.get("BERTH_RUN_DIR", "/run/berth"))
+        self.root_dir = Path(self.env.get("BERTH_ROOT_DIR", "/var/lib/berth"))
+        self.cgroup_parent = self.env.get("BERTH_CGROUP_PARENT", "berth")
+        self.base = Path(tempfile.mkdtemp(prefix="berth-e2e-"))
+        self.procs = {}
+        self.databases = []
+
+    def start(self, *names: str, timeout: float = 20.0) -> None:
+        for name in names or SERVICES:
+            self.wait_healthy(name, timeout)
+
+    def close(self) -> None:
+        shutil.rmtree(self.base, ignore_errors=True)

@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_containers import ok, one_line_error
-from tests.harness import Services
+from tests.harness import EXTERNAL, Services
 from tests.hostcheck import HostState
+
+pytestmark = pytest.mark.skipif(EXTERNAL, reason="starts and stops its own services")
 
 
 @pytest.fixture

@@ -70,6 +70,9 @@ class Client:
     def error(self, err: Any, exit_code: int = 1) -> CliError:
         """Map a gRPC status to one line and Docker's exit codes."""
         code = err.code()
+        if code == self.grpc.StatusCode.UNAVAILABLE and "Permission denied" in (err.details() or ""):
+            return CliError(f"permission denied while trying to connect to the Berth daemon socket at "
+                            f"{self.target} (root or the `berth` group can use it)", exit_code)
         if code == self.grpc.StatusCode.UNAVAILABLE and "service is not running" not in (err.details() or ""):
             return CliError(f"Cannot connect to the Berth daemon at {self.target}. Is the berth daemon running?",
                             exit_code)

@@ -28,6 +28,7 @@ class Config:
     api_db_url: str
     cgroup_parent: str
     cgroup_root: Path
+    socket_group: str
 
     @property
     def image_dir(self) -> Path:
@@ -79,4 +80,5 @@ def load(environ: dict[str, str] | None = None) -> Config:
         api_db_url=get("api_db_url", f"sqlite:///{root_dir / 'api' / 'api.db'}"),
         cgroup_parent=get("cgroup_parent", "berth"),
         cgroup_root=Path(get("cgroup_root", "/sys/fs/cgroup")),
+        socket_group=get("socket_group", "berth"),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import grp
 import inspect
 import logging
 import os
@@ -16,7 +17,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from services.common import errors
+from services.common import config, errors
 
 log = logging.getLogger("berth")
 
@@ -53,6 +54,17 @@ def map_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def secure_socket(path: Path, group: str = "berth") -> None:
+    """root-owned, mode 0660, group `berth` when that group exists: members may use
+    Berth without being root; anyone else is refused at connect() with EACCES."""
+    try:
+        gid = grp.getgrnam(group).gr_gid
+    except KeyError:
+        gid = 0
+    os.chown(path, 0, gid)
+    os.chmod(path, 0o660)
+
+
 def serve(
     name: str,
     socket_path: Path,
@@ -80,7 +92,7 @@ def serve(
         server.start()
     finally:
         os.umask(old_umask)
-    os.chmod(socket_path, 0o660)
+    secure_socket(socket_path, config.load().socket_group)
     for svc in ["", *service_names]:
         health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s", name, socket_path)

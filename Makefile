@@ -12,7 +12,7 @@ STAMP_VENV := $(VENV)/.venv-stamp
 STAMP_GEN := $(GEN)/.stamp
 TEST_ARGS ?=
 
-.PHONY: all setup apt venv protos demo test unit integration e2e e2e-compose lint bench clean \
+.PHONY: all setup apt venv protos demo test unit integration e2e e2e-compose lint bench bench-load clean \
         install daemon-start daemon-stop postgres
 
 all: setup
@@ -92,6 +92,10 @@ postgres:
 
 bench: setup
 	$(VPY) -m bench
+
+# Load: 50 concurrent clients / 500 containers, and 200 containers running at once.
+bench-load: setup
+	$(VPY) -m bench.load
 
 clean:
 	rm -rf $(GEN) $(VENV) .pytest_cache

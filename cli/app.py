@@ -31,7 +31,13 @@ MODULES = {
                      "container"), "containers"),
     **dict.fromkeys(("images", "import", "load", "rmi", "tag", "image"), "images"),
     **dict.fromkeys(("info", "version"), "system"),
+    **dict.fromkeys(("pull", "push", "login", "logout", "save", "history", "system"), "registry"),
     "daemon": "daemon",
+    **dict.fromkeys(("attach", "exec"), "interactive"),
+    "cp": "copy",
+    **dict.fromkeys(("network", "port"), "network"),
+    "volume": "volume",
+    **dict.fromkeys(("pause", "unpause", "restart", "rename", "update", "top", "stats", "events"), "operate"),
 }
 
 

@@ -1,17 +1,19 @@
 """Container commands: run, create, start, stop, kill, rm, wait, ps, logs, inspect."""
+# attach/exec live in cli/commands/interactive.py; pause, top, stats, update, ... in operate.py.
 
 from __future__ import annotations
 
-import queue
+import os
 import signal
 import sys
 import time
 
 import typer
 
-from cli import output
+from cli import output, specs
 from cli.client import Client, CliError
 from cli.commands import add, add_group
+from cli.terminal import DEFAULT_DETACH_KEYS, Session, parse_detach_keys, window_size, write_output
 
 container_app = typer.Typer(help="Manage containers", no_args_is_help=True)
 
@@ -24,7 +26,7 @@ RUN_SETTINGS = {"allow_interspersed_args": False, "help_option_names": ["--help"
 def _run_spec(client: Client, image: str, command: list[str] | None, *, name: str, env: list[str],
               workdir: str, user: str, hostname: str, entrypoint: str | None, memory: str, cpus: float,
               pids_limit: int, label: list[str], rm: bool, detach: bool, stop_timeout: int | None,
-              stop_signal: str, tty: bool, interactive: bool):
+              stop_signal: str, tty: bool, interactive: bool, restart: str = "", log_opt: list[str] = ()):
     resources = client.runtime.Resources()
     if memory:
         try:
@@ -46,11 +48,28 @@ def _run_spec(client: Client, image: str, command: list[str] | None, *, name: st
         image=image, command=command or [], env=env, workdir=workdir, user=user, hostname=hostname,
         name=name, resources=resources, labels=labels, auto_remove=rm, detach=detach,
         stop_timeout=-1 if stop_timeout is None else stop_timeout, stop_signal=stop_signal, tty=tty,
-        interactive=interactive)
+        interactive=interactive, restart_policy=restart_policy(client, restart))
+    for item in log_opt:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise CliError(f"berth: invalid argument {item!r} for \"--log-opt\" flag: expected key=value", 125)
+        spec.log_opts[key] = value
+    if tty:
+        spec.tty_rows, spec.tty_cols = window_size()
     if entrypoint is not None:
         spec.entrypoint_set = True
         spec.entrypoint.extend([entrypoint] if entrypoint else [])
     return spec
+
+
+def restart_policy(client: Client, text: str):  # noqa: ANN201 - a runtime_pb2.RestartPolicy
+    """Docker's --restart: no | on-failure[:max-retries] | always | unless-stopped."""
+    name, _, count = (text or "").partition(":")
+    if name not in ("", "no", "on-failure", "always", "unless-stopped"):
+        raise CliError(f"berth: invalid restart policy '{text}'", 125)
+    if count and (name != "on-failure" or not count.isdigit()):
+        raise CliError(f"berth: invalid restart policy '{text}': maximum retry count only with on-failure", 125)
+    return client.runtime.RestartPolicy(name=name, maximum_retry_count=int(count or 0))
 
 
 def run(
@@ -72,6 +91,21 @@ def run(
     stop_signal: str = typer.Option("", "--stop-signal", help="Signal to stop the container"),
     tty: bool = typer.Option(False, "-t", "--tty", help="Allocate a pseudo-TTY"),
     interactive: bool = typer.Option(False, "-i", "--interactive", help="Keep STDIN open"),
+    restart: str = typer.Option("", "--restart", help="Restart policy: no, on-failure[:N], always, unless-stopped"),
+    log_opt: list[str] = typer.Option([], "--log-opt", help="Log driver options: max-size, max-file"),
+    detach_keys: str = typer.Option(DEFAULT_DETACH_KEYS, "--detach-keys", help="Key sequence to detach"),
+    # Networks and storage (issue 5): parsed by cli/specs.py.
+    volume: list[str] = typer.Option([], "-v", "--volume", help="Bind mount a volume: [SRC:]DST[:ro|rw|...]"),
+    mount: list[str] = typer.Option([], "--mount", help="Attach a filesystem mount: type=bind|volume|tmpfs,..."),
+    tmpfs: list[str] = typer.Option([], "--tmpfs", help="Mount a tmpfs directory: /path[:size=16m,...]"),
+    read_only: bool = typer.Option(False, "--read-only", help="Mount the container's root filesystem read-only"),
+    publish: list[str] = typer.Option([], "-p", "--publish", help="Publish a port: [ip:][hostPort:]containerPort"),
+    network: str = typer.Option("", "--network", "--net", help="Connect to a network: bridge, host, none, NAME"),
+    network_alias: list[str] = typer.Option([], "--network-alias", help="Network-scoped alias"),
+    ip: str = typer.Option("", "--ip", help="IPv4 address on a user network"),
+    dns: list[str] = typer.Option([], "--dns", help="Custom DNS servers"),
+    dns_search: list[str] = typer.Option([], "--dns-search", help="Custom DNS search domains"),
+    add_host: list[str] = typer.Option([], "--add-host", help="Add a host-to-IP mapping (host:ip)"),
 ) -> None:
     """Create and run a new container from an image."""
     # Registered as `create` too: same flags, the command name decides.
@@ -82,7 +116,16 @@ def run(
     spec = _run_spec(client, image, command, name=name, env=env, workdir=workdir, user=user,
                      hostname=hostname, entrypoint=entrypoint, memory=memory, cpus=cpus,
                      pids_limit=pids_limit, label=label, rm=rm, detach=detach, stop_timeout=stop_timeout,
-                     stop_signal=stop_signal, tty=tty, interactive=interactive)
+                     stop_signal=stop_signal, tty=tty, interactive=interactive, restart=restart, log_opt=log_opt)
+    specs.apply_to_run_spec(spec, volume=volume, mount=mount, tmpfs=tmpfs, read_only=read_only, publish=publish,
+                            network=network, network_alias=network_alias, ip=ip, dns=dns, dns_search=dns_search,
+                            add_host=add_host)
+    try:
+        keys = parse_detach_keys(detach_keys)
+    except ValueError as err:
+        raise CliError(f"berth: invalid detach keys: {err}", 125) from None
+    if tty and interactive and not detach and not os.isatty(0):
+        raise CliError("the input device is not a TTY", 1)
     if create_only:
         try:
             print(client.call("CreateContainer", spec).id)
@@ -90,38 +133,42 @@ def run(
             e.exit_code = 125
             raise
         return
-    requests: queue.Queue = queue.Queue()
-    requests.put(client.api.RunRequest(spec=spec))
-
-    def request_iter():  # noqa: ANN202
-        while (item := requests.get()) is not None:
-            yield item
+    api = client.api
+    session = Session(tty=tty, interactive=interactive and not detach, detach_keys=keys,
+                      stdin_request=lambda data: api.RunRequest(stdin=data),
+                      resize_request=lambda r, c: api.RunRequest(resize=client.runtime.Resize(rows=r, cols=c)),
+                      close_request=lambda: api.RunRequest(close_stdin=True))
 
     def forward(signum: int, _frame: object) -> None:
-        requests.put(client.api.RunRequest(signal=signal.Signals(signum).name))
+        session.send(api.RunRequest(signal=signal.Signals(signum).name))
 
-    if not detach:
+    if not detach and not tty:  # with a TTY, Ctrl-C is a byte for the container (no --sig-proxy)
         for sig in PROXIED_SIGNALS:
             signal.signal(getattr(signal, sig), forward)
-    exit_code = 0
-    out, err = sys.stdout.buffer, sys.stderr.buffer
+    if tty and not detach:
+        signal.signal(signal.SIGHUP, _hang_up)  # a closed terminal: leave cleanly, the container runs on
+
+    def handle(resp) -> int | None:  # noqa: ANN001
+        kind = resp.WhichOneof("item")
+        if kind == "output":
+            write_output(resp.output.data, resp.output.stream == client.types.Output.STDERR)
+        elif kind == "container_id" and detach:
+            print(resp.container_id)
+        elif kind == "exit_code":
+            return resp.exit_code
+        return None
+
     try:
-        for resp in client.stream(client.stub.Run(request_iter())):
-            kind = resp.WhichOneof("item")
-            if kind == "output":
-                stream = err if resp.output.stream == client.types.Output.STDERR else out
-                stream.write(resp.output.data)
-                stream.flush()
-            elif kind == "container_id" and detach:
-                print(resp.container_id)
-            elif kind == "exit_code":
-                exit_code = resp.exit_code
-    except CliError as e:
+        exit_code = session.run(api.RunRequest(spec=spec), client.stub.Run, handle)
+    except client.grpc.RpcError as err:
+        e = client.error(err)
         e.exit_code = 125 if e.exit_code == 1 else e.exit_code
-        raise
-    finally:
-        requests.put(None)
-    raise typer.Exit(exit_code)
+        raise e from None
+    raise typer.Exit(exit_code or 0)
+
+
+def _hang_up(_signum: int, _frame: object) -> None:
+    raise CliError("", 129)
 
 
 def _each(names: list[str], fn) -> None:  # noqa: ANN001
@@ -183,7 +230,8 @@ def wait(containers: list[str] = typer.Argument(...)) -> None:
 def _status(c) -> str:  # noqa: ANN001
     now = time.time()
     if c.status == "running":
-        return "Up " + output.human_duration(now - c.started_unix_nano / 1e9)
+        up = "Up " + output.human_duration(now - c.started_unix_nano / 1e9)
+        return up + " (Paused)" if c.paused else up
     if c.status == "exited":
         return f"Exited ({c.exit_code}) " + output.ago(c.finished_unix_nano / 1e9)
     return c.status.capitalize()
@@ -214,21 +262,39 @@ def ps(all_: bool = typer.Option(False, "-a", "--all", help="Show all containers
 
 def logs(container: str = typer.Argument(...),
          tail: str = typer.Option("all", "-n", "--tail", help="Number of lines to show from the end"),
-         timestamps: bool = typer.Option(False, "-t", "--timestamps", help="Show timestamps")) -> None:
+         timestamps: bool = typer.Option(False, "-t", "--timestamps", help="Show timestamps"),
+         follow: bool = typer.Option(False, "-f", "--follow", help="Follow log output"),
+         since: str = typer.Option("", "--since", help="Since a timestamp (e.g. 2013-01-02T13:23:37Z) or "
+                                   "relative (e.g. 42m)"),
+         until: str = typer.Option("", "--until", help="Before a timestamp or relative time")) -> None:
     """Fetch the logs of a container."""
+    from cli.timeparse import parse_time
+
     client = Client()
     try:
         n = -1 if tail == "all" else int(tail)
     except ValueError:
         raise CliError(f"berth: invalid value for --tail: {tail!r}", 125) from None
-    req = client.runtime.LogsRequest(id=container, tail=n, timestamps=timestamps)
+    times = {}
+    for flag, value in (("since", since), ("until", until)):
+        try:
+            times[flag] = parse_time(value) if value else 0
+        except ValueError:
+            raise CliError(f"berth: invalid value for --{flag}: {value!r}", 125) from None
+    req = client.runtime.LogsRequest(id=container, tail=n, timestamps=timestamps, follow=follow,
+                                     since_unix_nano=times["since"], until_unix_nano=times["until"])
     out, err = sys.stdout.buffer, sys.stderr.buffer
-    for entry in client.stream(client.stub.ContainerLogs(req)):
-        o = entry.output
-        stream = err if o.stream == client.types.Output.STDERR else out
-        if timestamps:
-            stream.write(output.rfc3339(o.time_unix_nano).encode() + b" ")
-        stream.write(o.data)
+    try:
+        for entry in client.stream(client.stub.ContainerLogs(req)):
+            o = entry.output
+            stream = err if o.stream == client.types.Output.STDERR else out
+            if timestamps:
+                stream.write(output.rfc3339(o.time_unix_nano).encode() + b" ")
+            stream.write(o.data)
+            if follow:
+                stream.flush()
+    except KeyboardInterrupt:
+        pass
     out.flush()
     err.flush()
 
@@ -244,9 +310,9 @@ def container_json(c) -> dict:  # noqa: ANN001
         "Path": args[0] if args else "",
         "Args": args[1:],
         "State": {
-            "Status": c.status,
+            "Status": "paused" if c.paused else c.status,
             "Running": c.status == "running",
-            "Paused": False,
+            "Paused": c.paused,
             "Restarting": False,
             "OOMKilled": c.oom_killed,
             "Dead": False,
@@ -259,8 +325,12 @@ def container_json(c) -> dict:  # noqa: ANN001
         "Image": spec.image_id,
         "LogPath": c.log_path,
         "Name": "/" + c.name,
+        "RestartCount": c.restart_count,
         "HostConfig": {
             "AutoRemove": spec.auto_remove,
+            "RestartPolicy": {"Name": spec.restart_policy.name or "no",
+                              "MaximumRetryCount": spec.restart_policy.maximum_retry_count},
+            "LogConfig": {"Type": "json-file", "Config": dict(spec.log_opts)},
             "Memory": res.memory_bytes,
             "NanoCpus": res.cpu_quota_us * 1_000_000_000 // res.cpu_period_us if res.cpu_period_us else 0,
             "CpuQuota": res.cpu_quota_us,
@@ -291,11 +361,13 @@ def inspect(targets: list[str] = typer.Argument(...),
     """Return low-level information on containers (or images)."""
     client = Client()
     from cli.commands.images import image_json
+    from cli.commands.network import extend_inspect
 
     found, failed = [], False
     for t in targets:
         try:
-            found.append(container_json(client.call("InspectContainer", client.api.ContainerRequest(id=t))))
+            c = client.call("InspectContainer", client.api.ContainerRequest(id=t))
+            found.append(extend_inspect(client, c, container_json(c)))  # + Mounts, NetworkSettings (issue 5)
         except CliError:
             try:
                 found.append(image_json(client.call("InspectImage", client.image.InspectImageRequest(reference=t))))

@@ -53,6 +53,7 @@ def _split_tag(ref: str) -> tuple[str, str]:
 def images(repository: str = typer.Argument("", help="Only images of this repository"),
            quiet: bool = typer.Option(False, "-q", "--quiet", help="Only show image IDs"),
            all_: bool = typer.Option(False, "-a", "--all", help="Show all images"),
+           digests: bool = typer.Option(False, "--digests", help="Show digests"),
            no_trunc: bool = typer.Option(False, "--no-trunc", help="Don't truncate output")) -> None:
     """List images."""
     client = Client()
@@ -68,10 +69,33 @@ def images(repository: str = typer.Argument("", help="Only images of this reposi
     rows = []
     for img in imgs:
         ident = img.id if no_trunc else output.short_id(img.id)
-        for ref in img.repo_tags or ["<none>:<none>"]:
-            repo, tag = _split_tag(ref) if ref != "<none>:<none>" else ("<none>", "<none>")
-            rows.append([repo, tag, ident, output.ago(img.created_unix), output.human_size(img.size)])
-    output.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+        for repo, tag, digest in _image_rows(img):
+            row = [repo, tag, ident, output.ago(img.created_unix), output.human_size(img.size)]
+            if digests:
+                row.insert(2, digest)
+            rows.append(row)
+    headers = ["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"]
+    if digests:
+        headers.insert(2, "DIGEST")
+    output.table(headers, rows)
+
+
+def _image_rows(img) -> list[tuple[str, str, str]]:  # noqa: ANN001
+    """(repository, tag, digest) rows as `docker images --digests` shows them: a repository's
+    digest next to each of its tags, and a `<none>` tag row for a digest without a tag."""
+    by_repo: dict[str, str] = {}
+    for rd in img.repo_digests:
+        name, _, digest = rd.partition("@")
+        by_repo.setdefault(name, digest)
+    rows = []
+    for ref in img.repo_tags:
+        repo, tag = _split_tag(ref)
+        rows.append((repo, tag, by_repo.get(repo, "<none>")))
+    tagged = {r for r, _, _ in rows}
+    for repo, digest in by_repo.items():
+        if repo not in tagged:
+            rows.append((repo, "<none>", digest))
+    return rows or [("<none>", "<none>", "<none>")]
 
 
 def import_(file: str = typer.Argument(..., help="Rootfs tarball (or - for stdin)"),
@@ -149,6 +173,13 @@ def image_inspect(targets: list[str] = typer.Argument(...),
 
 
 def _build_group() -> None:
+    from cli.commands import registry
+
+    image_app.command("pull")(registry.pull)
+    image_app.command("push")(registry.push)
+    image_app.command("save")(registry.save)
+    image_app.command("history")(registry.history)
+    image_app.command("prune")(registry.image_prune)
     image_app.command("ls")(images)
     image_app.command("import")(import_)
     image_app.command("load")(load)

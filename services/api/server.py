@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import grpc
+
 from berth.api.v1 import api_pb2_grpc
 from berth.image.v1 import image_pb2_grpc
 from berth.runtime.v1 import runtime_pb2_grpc
+from services.api import images, network
 from services.api.events import EventLog
 from services.api.servicer import BerthServicer
 from services.common import config
@@ -17,6 +20,12 @@ def main() -> None:
     runtime = runtime_pb2_grpc.RuntimeServiceStub(channel(cfg.runtime_socket))
     events = EventLog(cfg.api_db_url)
     servicer = BerthServicer(image, runtime, events, cfg)
-    serve("api", cfg.api_socket,
-          lambda server: api_pb2_grpc.add_BerthServicer_to_server(servicer, server),
-          ["berth.api.v1.Berth"], on_stop=events.flush)
+    servicer.follow_runtime_events()  # exits and policy restarts into the event log
+
+    def add(server: grpc.Server) -> None:
+        api_pb2_grpc.add_BerthServicer_to_server(servicer, server)
+        images.add_to_server(server, image, runtime, events, cfg)
+        network.add_to_server(server, events, cfg)
+
+    serve("api", cfg.api_socket, add, ["berth.api.v1.Berth", "berth.api.v1.Images", *network.SERVICE_NAMES],
+          on_stop=events.flush)

@@ -9,11 +9,13 @@ ones, so a bad request leaves no row, snapshot or cgroup behind.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import queue
 import secrets
 import threading
+import time
 from collections.abc import Iterator
 
 import grpc
@@ -22,6 +24,7 @@ from berth.api.v1 import api_pb2, api_pb2_grpc
 from berth.image.v1 import image_pb2
 from berth.runtime.v1 import runtime_pb2
 from berth.types.v1 import types_pb2
+from services.api import network
 from services.api.downstream import Downstream
 from services.api.events import EventLog
 from services.common import errors
@@ -63,6 +66,7 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
     def __init__(self, image, runtime, events: EventLog, cfg: Config) -> None:  # noqa: ANN001 - gRPC stubs
         self.image = Downstream("image", str(cfg.image_socket), image)
         self.runtime = Downstream("runtime", str(cfg.runtime_socket), runtime)
+        self._runtime_stub = runtime  # for streams we must be able to cancel (Downstream wraps them)
         self.events = events
         self.cfg = cfg
 
@@ -84,7 +88,10 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
             user=spec.user or image.config.user, hostname=spec.hostname,
             resources=spec.resources, rootfs=snapshot.mount, labels=labels,
             stop_signal=spec.stop_signal or image.config.stop_signal or "SIGTERM",
-            stop_timeout=spec.stop_timeout, auto_remove=spec.auto_remove, tty=spec.tty, open_stdin=spec.interactive)
+            stop_timeout=spec.stop_timeout, auto_remove=spec.auto_remove, tty=spec.tty, open_stdin=spec.interactive,
+            restart_policy=spec.restart_policy, log_opts=dict(spec.log_opts), tty_rows=spec.tty_rows,
+            tty_cols=spec.tty_cols, mounts=spec.mounts, read_only=spec.read_only,
+            network=network.with_default_mode(spec.network))
         try:
             container = self.runtime.Create(runtime_pb2.CreateRequest(id=cid, name=spec.name, spec=rspec))
         except BaseException:
@@ -92,6 +99,23 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
             raise
         self.events.record("container", "create", cid, name=container.name, image=spec.image)
         return container
+
+    def follow_runtime_events(self) -> None:
+        """Record what the runtime reports on its own (exits, policy restarts) in our event
+        log, reconnecting whenever the runtime restarts. Called once by the server."""
+
+        def follow() -> None:
+            while True:
+                try:
+                    for ev in self._runtime_stub.WatchEvents(types_pb2.Empty()):
+                        self.events.record("container", ev.action, ev.id, name=ev.name, **dict(ev.attributes))
+                except grpc.RpcError:
+                    pass
+                except Exception:  # noqa: BLE001 - never let the follower die
+                    log.exception("following runtime events")
+                time.sleep(0.5)
+
+        threading.Thread(target=follow, name="runtime-events", daemon=True).start()
 
     def _remove_snapshot(self, key: str) -> None:
         try:
@@ -151,8 +175,12 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
             while (item := stdin.get()) is not None:
                 yield item
 
-        attach = self.runtime.Attach(attach_requests())
+        attach = self._runtime_stream("Attach", attach_requests())
+        # A client that goes away (or detaches with its detach keys) ends our attach
+        # stream too; the container keeps running, like Docker's.
+        context.add_callback(attach.cancel)
         try:
+            attach = self._relay(attach, context)
             next(attach)  # the runtime's "subscribed" acknowledgement
             self._start(cid, context)
             threading.Thread(target=self._forward_client, args=(request_iterator, cid, stdin),
@@ -163,12 +191,19 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
                     yield api_pb2.RunResponse(output=resp.output)
                 elif resp.HasField("exit_code"):
                     exit_code = resp.exit_code
+            if exit_code is None and not context.is_active():
+                # The client detached (or went away): the container runs on.
+                if spec.auto_remove:
+                    self._auto_remove_when_done(cid)
+                return
             if exit_code is None:
                 exit_code = self.runtime.Wait(runtime_pb2.ContainerRef(id=cid)).exit_code
-            self.events.record("container", "die", cid, exitCode=str(exit_code))
         except BaseException:
             if spec.auto_remove:
-                self._remove(cid, force=True)
+                if context.is_active():
+                    self._remove(cid, force=True)
+                else:  # detached: remove it once it exits
+                    self._auto_remove_when_done(cid)
             raise
         finally:
             stdin.put(None)
@@ -186,6 +221,10 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
                         self.runtime.Kill(runtime_pb2.KillRequest(id=cid, signal=req.signal))
                 elif req.HasField("stdin"):
                     stdin.put(runtime_pb2.AttachRequest(stdin=req.stdin))
+                elif req.HasField("resize"):
+                    stdin.put(runtime_pb2.AttachRequest(resize=req.resize))
+                elif req.HasField("close_stdin"):
+                    stdin.put(runtime_pb2.AttachRequest(close_stdin=True))
         except grpc.RpcError:
             pass  # the client went away; the container keeps running like Docker's
 
@@ -227,7 +266,140 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
 
     @map_errors
     def ContainerLogs(self, request: runtime_pb2.LogsRequest, context: grpc.ServicerContext):
-        yield from self.runtime.Logs(request)
+        stream = self._runtime_stream("Logs", request)
+        context.add_callback(stream.cancel)  # `logs -f` ended by the client ends the runtime's stream
+        yield from self._relay(stream, context)
+
+    def _runtime_stream(self, method: str, request):  # noqa: ANN001, ANN202 - a request or an iterator
+        """A runtime stream as the raw gRPC call, so that it can be cancelled when our own
+        client goes away (a detach, a closed terminal, Ctrl-C on `logs -f`)."""
+        return getattr(self._runtime_stub, method)(request)
+
+    def _relay(self, stream, context: grpc.ServicerContext) -> Iterator:  # noqa: ANN001 - a grpc call
+        """Yield a downstream stream; its CANCELLED after our own client left is no error,
+        and a runtime that is down is one clear line."""
+        try:
+            yield from stream
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.CANCELLED and not context.is_active():
+                return
+            if err.code() == grpc.StatusCode.UNAVAILABLE:
+                raise errors.Unavailable(
+                    f"the runtime service is not running (unix://{self.cfg.runtime_socket})") from None
+            raise
+
+    @map_errors
+    def AttachContainer(self, request_iterator: Iterator[runtime_pb2.AttachRequest],
+                        context: grpc.ServicerContext):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "id":
+            raise errors.InvalidArgument("the first attach request must name the container")
+        head = runtime_pb2.AttachRequest(id=first.id, require_running=True)
+        stream = self._runtime_stream("Attach", itertools.chain([head], request_iterator))
+        context.add_callback(stream.cancel)
+        self.events.record("container", "attach", first.id)
+        yield from self._relay(stream, context)
+
+    @map_errors
+    def ExecContainer(self, request_iterator: Iterator[runtime_pb2.ExecRequest], context: grpc.ServicerContext):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "spec":
+            raise errors.InvalidArgument("the first exec request must carry the spec")
+        stream = self._runtime_stream("Exec", itertools.chain([first], request_iterator))
+        context.add_callback(stream.cancel)
+        container = first.spec.container
+        started = False
+        for resp in self._relay(stream, context):
+            if not started:
+                started = True
+                self.events.record("container", "exec_start", container,
+                                   execID=" ".join(first.spec.args))
+            if resp.HasField("exit_code"):
+                self.events.record("container", "exec_die", container, exitCode=str(resp.exit_code))
+            yield resp
+
+    @map_errors
+    def CopyFromContainer(self, request: runtime_pb2.CopyFromRequest, context: grpc.ServicerContext):
+        stream = self._runtime_stream("CopyFrom", request)
+        context.add_callback(stream.cancel)
+        yield from self._relay(stream, context)
+
+    @map_errors
+    def CopyToContainer(self, request_iterator: Iterator[runtime_pb2.CopyToRequest], context: grpc.ServicerContext):
+        first = next(request_iterator, None)
+        if first is None or first.WhichOneof("item") != "header":
+            raise errors.InvalidArgument("the first copy request must carry the header")
+        resp = self.runtime.CopyTo(itertools.chain([first], request_iterator))
+        self.events.record("container", "copy", first.header.id, path=first.header.path)
+        return resp
+
+    def _act(self, action: str, container: runtime_pb2.Container, **attrs: str) -> runtime_pb2.Container:
+        self.events.record("container", action, container.id, name=container.name, **attrs)
+        return container
+
+    @map_errors
+    def PauseContainer(self, request: api_pb2.ContainerRequest, context: grpc.ServicerContext):
+        return self._act("pause", self.runtime.Pause(runtime_pb2.ContainerRef(id=request.id)))
+
+    @map_errors
+    def UnpauseContainer(self, request: api_pb2.ContainerRequest, context: grpc.ServicerContext):
+        return self._act("unpause", self.runtime.Unpause(runtime_pb2.ContainerRef(id=request.id)))
+
+    @map_errors
+    def TopContainer(self, request: api_pb2.ContainerRequest, context: grpc.ServicerContext):
+        return self.runtime.Top(runtime_pb2.ContainerRef(id=request.id))
+
+    @map_errors
+    def ContainerStats(self, request: runtime_pb2.StatsRequest, context: grpc.ServicerContext):
+        return self.runtime.Stats(request)
+
+    @map_errors
+    def UpdateContainer(self, request: runtime_pb2.UpdateRequest, context: grpc.ServicerContext):
+        return self._act("update", self.runtime.Update(request))
+
+    @map_errors
+    def RenameContainer(self, request: runtime_pb2.RenameRequest, context: grpc.ServicerContext):
+        old = self.runtime.Inspect(runtime_pb2.ContainerRef(id=request.id)).name
+        return self._act("rename", self.runtime.Rename(request), oldName="/" + old)
+
+    @map_errors
+    def RestartContainer(self, request: runtime_pb2.StopRequest, context: grpc.ServicerContext):
+        return self._act("restart", self.runtime.Restart(request))
+
+    @map_errors
+    def Events(self, request: api_pb2.EventsRequest, context: grpc.ServicerContext):
+        filters = {k: {v for v in value.split(",") if v} for k, value in request.filters.items()}
+        unknown = set(filters) - {"container", "image", "type", "event"}
+        if unknown:
+            raise errors.InvalidArgument(f"invalid filter '{sorted(unknown)[0]}'")
+        until = request.until_unix_nano
+        since = request.since_unix_nano
+        for name in list(filters.get("container", ())):  # names and prefixes match the id too
+            with contextlib.suppress(grpc.RpcError, errors.BerthError):
+                filters["container"].add(self.runtime.Inspect(runtime_pb2.ContainerRef(id=name)).id)
+        live = self.events.subscribe() if not until or until > time.time_ns() else None
+        try:
+            seen = set()
+            for ev in self.events.since(since or time.time_ns(), until):
+                seen.add((ev.time_unix_nano, ev.type, ev.action, ev.actor))
+                if matches(ev, filters):
+                    yield to_message(ev)
+            while live is not None and context.is_active():
+                try:
+                    ev = live.get(timeout=0.5)
+                except queue.Empty:
+                    if until and time.time_ns() >= until:
+                        return
+                    continue
+                if (ev.time_unix_nano, ev.type, ev.action, ev.actor) in seen:
+                    continue  # recorded while we read the history: already sent
+                if until and ev.time_unix_nano >= until:
+                    return
+                if matches(ev, filters):
+                    yield to_message(ev)
+        finally:
+            if live is not None:
+                self.events.unsubscribe(live)
 
     # --- images -----------------------------------------------------------
 
@@ -277,3 +449,29 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
 
 
 VERSION = "0.1.0"
+
+
+def matches(ev, filters: dict[str, set[str]]) -> bool:  # noqa: ANN001 - an events.Event
+    """Docker's event filters: every given key must match one of its values."""
+    import json
+
+    attrs = json.loads(ev.attributes or "{}")
+    checks = {
+        "type": {ev.type},
+        "event": {ev.action},
+        "container": {ev.actor, ev.actor[:12], attrs.get("name", "")} if ev.type == "container" else set(),
+        "image": {attrs.get("image", "")} | ({ev.actor} if ev.type == "image" else set()),
+    }
+    for key, wanted in filters.items():
+        have = checks[key] - {""}
+        if not any(h in wanted or any(h.startswith(w) for w in wanted if key == "container" and len(w) >= 12)
+                   for h in have):
+            return False
+    return True
+
+
+def to_message(ev) -> api_pb2.EventMessage:  # noqa: ANN001
+    import json
+
+    return api_pb2.EventMessage(type=ev.type, action=ev.action, actor_id=ev.actor,
+                                attributes=json.loads(ev.attributes or "{}"), time_unix_nano=ev.time_unix_nano)

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import grpc
 
-from berth.image.v1 import image_pb2, image_pb2_grpc
+from berth.image.v1 import image_pb2, image_pb2_grpc, registry_pb2, registry_pb2_grpc
 from services.common import config
 from services.common.server import serve
+from services.image.registry_servicer import RegistryServicer
 from services.image.servicer import ImageServicer
 from services.image.store import ImageStore
 
@@ -22,8 +23,10 @@ def main() -> None:
 
     def add(server: grpc.Server) -> None:
         image_pb2_grpc.add_ImageServiceServicer_to_server(ImageServicer(store), server)
+        registry_pb2_grpc.add_RegistryServicer_to_server(RegistryServicer(store), server)
 
-    serve("image", cfg.image_socket, add, [image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name])
+    serve("image", cfg.image_socket, add, [image_pb2.DESCRIPTOR.services_by_name["ImageService"].full_name,
+                                           registry_pb2.DESCRIPTOR.services_by_name["Registry"].full_name])
 
 
 if __name__ == "__main__":

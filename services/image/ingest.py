@@ -10,6 +10,7 @@ files and start-up sweeps whatever a crash left.
 from __future__ import annotations
 
 import hashlib
+import threading
 from dataclasses import dataclass
 
 from services.common.errors import InvalidArgument
@@ -44,6 +45,8 @@ class Ingest:
         self._sizes: dict[str, int] = {}
         self._leases: list[str] = []
         self._done = False
+        # A pull adds layers from several threads at once.
+        self._mutex = threading.Lock()
 
     def __enter__(self) -> Ingest:
         return self
@@ -54,7 +57,12 @@ class Ingest:
 
     def _lease(self, name: str) -> None:
         self.store.lease(name)
-        self._leases.append(name)
+        with self._mutex:
+            self._leases.append(name)
+
+    def hold(self, name: str) -> None:
+        """Keep an already stored layer or blob out of GC until this operation ends."""
+        self._lease(name)
 
     def add_blob(self, data: bytes, expected: str | None = None) -> str:
         """Stage a small blob (config, manifest); verified against `expected` if given."""
@@ -70,10 +78,11 @@ class Ingest:
 
     def _keep_blob(self, digest: str, writer: LocalBlobWriter) -> None:
         self._lease(digest)
-        if digest in self._blobs or self.store.content.exists(digest):
-            writer.abort()
-        else:
-            self._blobs[digest] = writer
+        with self._mutex:
+            if digest in self._blobs or self.store.content.exists(digest):
+                writer.abort()
+            else:
+                self._blobs[digest] = writer
 
     def add_layer(self, src: Readable, *, parent_chain: str | None, diff_id: str | None = None,
                   blob_digest: str | None = None, store_uncompressed: bool = False) -> LayerResult:
@@ -121,11 +130,12 @@ class Ingest:
             chain = next_chain(parent_chain, got)
             self._lease(chain)
         if staged is not None:
-            if chain in self._layers or self.store.layer_size(chain) is not None:
-                self.store.layers.discard(staged)
-            else:
-                self._layers[chain] = staged
-                self._sizes[chain] = staged.size
+            with self._mutex:
+                if chain in self._layers or self.store.layer_size(chain) is not None:
+                    self.store.layers.discard(staged)
+                else:
+                    self._layers[chain] = staged
+                    self._sizes[chain] = staged.size
         self._keep_blob(digest, writer)
         return LayerResult(got, chain, digest, writer.size, compression)
 

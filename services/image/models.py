@@ -51,3 +51,12 @@ class SnapshotRow(Base):
     key: Mapped[str] = mapped_column(String(128), primary_key=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)
     created_unix: Mapped[int] = mapped_column(BigInteger, default=0)
+
+
+class RepoDigestRow(Base):
+    """`name@sha256:…`: the manifest (or index) digest an image was pulled or pushed as."""
+
+    __tablename__ = "repo_digests"
+
+    name: Mapped[str] = mapped_column(String(400), primary_key=True)  # normalised "domain/path@digest"
+    image_id: Mapped[str] = mapped_column(ForeignKey("images.id"), index=True)

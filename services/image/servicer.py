@@ -29,6 +29,7 @@ def image_to_proto(rec: ImageRecord) -> image_pb2.Image:
     return image_pb2.Image(
         id=row.id,
         repo_tags=rec.familiar_tags,
+        repo_digests=rec.familiar_digests,
         size=row.size,
         created_unix=row.created_unix,
         architecture=row.architecture,

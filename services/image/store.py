@@ -32,7 +32,7 @@ from services.common.mount import Mount
 from services.image import reference
 from services.image.content import LocalContentStore
 from services.image.layers import LayerStore, chain_ids, remove_tree
-from services.image.models import Base, ImageRow, LayerRow, SnapshotRow, TagRow
+from services.image.models import Base, ImageRow, LayerRow, RepoDigestRow, SnapshotRow, TagRow
 from services.image.snapshots import OverlaySnapshotter, check_key
 
 log = logging.getLogger("berth.image")
@@ -50,10 +50,15 @@ class ImageRecord:
 
     row: ImageRow
     tags: list[str] = field(default_factory=list)
+    digests: list[str] = field(default_factory=list)  # normalised "domain/path@sha256:…"
 
     @property
     def familiar_tags(self) -> list[str]:
         return sorted(reference.familiar(t) for t in self.tags)
+
+    @property
+    def familiar_digests(self) -> list[str]:
+        return sorted(reference.familiar(d) for d in self.digests)
 
 
 @dataclass
@@ -76,6 +81,7 @@ class NewImage:
     architecture: str
     os: str
     tags: list[str] = field(default_factory=list)  # normalised
+    repo_digests: list[str] = field(default_factory=list)  # normalised "domain/path@sha256:…"
 
 
 @dataclass
@@ -111,26 +117,36 @@ class ImageStore:
             threading.Thread(target=lambda: [shutil.rmtree(p, ignore_errors=True) for p in trash],
                              name="image-trash", daemon=True).start()
 
-    def reconcile(self) -> None:
-        """Collect whatever no row reaches: leftovers of a crash between rename and commit."""
-        with self.lock, self._session() as s, s.begin():
-            images = s.scalars(select(ImageRow)).all()
-            live_chains = {c for img in images for c in chain_ids(img.diff_ids)}
-            live_blobs = {b for img in images for b in img.blobs}
-            s.execute(delete(LayerRow).where(LayerRow.chain_id.not_in(live_chains)))
-            snapshot_keys = set(s.scalars(select(SnapshotRow.key)).all())
-        for chain in self.layers.chain_ids():
-            if chain not in live_chains:
-                log.info("collecting unreferenced layer %s", chain)
-                self.layers.delete(chain)
-        for digest in self.content.digests():
-            if digest not in live_blobs:
-                log.info("collecting unreferenced blob %s", digest)
-                self.content.delete(digest)
-        for key in self.snapshots.list_keys():
-            if key not in snapshot_keys:
-                log.info("collecting snapshot dir without a record: %s", key)
-                remove_tree(self.snapshots.path(key))
+    def reconcile(self) -> list[str]:
+        """Collect whatever no row reaches: leftovers of a crash between rename and commit.
+
+        Also the garbage collector at run time (after prune): it holds the store
+        lock throughout and spares whatever an in-flight pull or load has leased,
+        so it never takes a layer out from under an operation. Returns what went.
+        """
+        gone: list[str] = []
+        with self.lock:
+            with self._session() as s, s.begin():
+                images = s.scalars(select(ImageRow)).all()
+                live_chains = {c for img in images for c in chain_ids(img.diff_ids)} | set(self._leases)
+                live_blobs = {b for img in images for b in img.blobs} | set(self._leases)
+                s.execute(delete(LayerRow).where(LayerRow.chain_id.not_in(live_chains)))
+                snapshot_keys = set(s.scalars(select(SnapshotRow.key)).all())
+            for chain in self.layers.chain_ids():
+                if chain not in live_chains:
+                    log.info("collecting unreferenced layer %s", chain)
+                    self.layers.delete(chain)
+                    gone.append(chain)
+            for digest in self.content.digests():
+                if digest not in live_blobs:
+                    log.info("collecting unreferenced blob %s", digest)
+                    self.content.delete(digest)
+                    gone.append(digest)
+            for key in self.snapshots.list_keys():
+                if key not in snapshot_keys:
+                    log.info("collecting snapshot dir without a record: %s", key)
+                    remove_tree(self.snapshots.path(key))
+        return gone
 
     # ---- sessions and leases ------------------------------------------------
 
@@ -173,6 +189,12 @@ class ImageStore:
     def _tags_of(self, s: Session, image_id: str) -> list[str]:
         return sorted(s.scalars(select(TagRow.name).where(TagRow.image_id == image_id)).all())
 
+    def _digests_of(self, s: Session, image_id: str) -> list[str]:
+        return sorted(s.scalars(select(RepoDigestRow.name).where(RepoDigestRow.image_id == image_id)).all())
+
+    def _record_of(self, s: Session, row: ImageRow) -> ImageRecord:
+        return ImageRecord(row, self._tags_of(s, row.id), self._digests_of(s, row.id))
+
     def _by_prefix(self, s: Session, text: str, hexpart: str) -> ImageRow | None:
         rows = s.scalars(select(ImageRow).where(ImageRow.id.like(f"sha256:{hexpart}%")).limit(2)).all()
         if len(rows) > 1:
@@ -196,7 +218,8 @@ class ImageStore:
             return row, None
         ref = reference.parse(text)
         if ref.digest is not None:
-            row = s.scalars(select(ImageRow).where(
+            pinned = s.get(RepoDigestRow, f"{ref.name}@{ref.digest}")
+            row = s.get(ImageRow, pinned.image_id) if pinned is not None else s.scalars(select(ImageRow).where(
                 (ImageRow.manifest_digest == ref.digest) | (ImageRow.id == ref.digest))).first()
             if row is None:
                 raise NotFound(f"No such image: {text}")
@@ -214,7 +237,7 @@ class ImageStore:
     def inspect(self, text: str) -> ImageRecord:
         with self._session() as s:
             row, _ = self._find(s, text)
-            return ImageRecord(row, self._tags_of(s, row.id))
+            return self._record_of(s, row)
 
     def list(self, filter_ref: str = "") -> list[ImageRecord]:
         """Newest first; `filter_ref` keeps images with a tag in that repository (and tag)."""
@@ -224,7 +247,10 @@ class ImageStore:
             tags: dict[str, list[str]] = {}
             for t in s.scalars(select(TagRow)).all():
                 tags.setdefault(t.image_id, []).append(t.name)
-        out = [ImageRecord(r, sorted(tags.get(r.id, []))) for r in rows]
+            digests: dict[str, list[str]] = {}
+            for d in s.scalars(select(RepoDigestRow)).all():
+                digests.setdefault(d.image_id, []).append(d.name)
+        out = [ImageRecord(r, sorted(tags.get(r.id, [])), sorted(digests.get(r.id, []))) for r in rows]
         if filter_ref:
             out = [rec for rec in out if any(_matches(filter_ref, t) for t in rec.tags)]
         return out
@@ -250,8 +276,29 @@ class ImageStore:
                 s.flush()
             for name in new.tags:
                 self._set_tag(s, name, row.id)
-            tags = self._tags_of(s, row.id)
-        return ImageRecord(row, tags)
+            for name in new.repo_digests:
+                self._set_digest(s, name, row.id)
+            return self._record_of(s, row)
+
+    def _set_digest(self, s: Session, name: str, image_id: str) -> None:
+        pinned = s.get(RepoDigestRow, name)
+        if pinned is None:
+            s.add(RepoDigestRow(name=name, image_id=image_id))
+        else:
+            pinned.image_id = image_id
+        s.flush()
+
+    def add_names(self, image_id: str, tags: list[str], repo_digests: list[str]) -> ImageRecord:
+        """Point tags and repo digests at an image already stored (a pull that found it up to date)."""
+        with self.lock, self._session() as s, s.begin():
+            row = s.get(ImageRow, image_id)
+            if row is None:
+                raise NotFound(f"No such image: {image_id}")
+            for name in tags:
+                self._set_tag(s, name, image_id)
+            for name in repo_digests:
+                self._set_digest(s, name, image_id)
+            return self._record_of(s, row)
 
     def _set_tag(self, s: Session, name: str, image_id: str) -> None:
         tag = s.get(TagRow, name)
@@ -266,7 +313,7 @@ class ImageStore:
         with self.lock, self._session() as s, s.begin():
             row, _ = self._find(s, source)
             self._set_tag(s, name, row.id)
-            return ImageRecord(row, self._tags_of(s, row.id))
+            return self._record_of(s, row)
 
     def remove(self, text: str, force: bool = False) -> Removal:
         """`docker rmi`: untag, and delete the image once no tag and no snapshot holds it."""
@@ -298,6 +345,8 @@ class ImageStore:
                     out.untagged.extend(reference.familiar(t) for t in tags)
                     if users:
                         return out
+                out.untagged.extend(reference.familiar(d) for d in self._digests_of(s, row.id))
+                s.execute(delete(RepoDigestRow).where(RepoDigestRow.image_id == row.id))
                 s.delete(row)
                 out.deleted.append(row.id)
                 chains, blobs = self._collectable(s, row)

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Integer, String, Text
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy import BigInteger, Boolean, Engine, Integer, String, Text, inspect, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
 class Base(DeclarativeBase):
@@ -25,3 +25,23 @@ class ContainerRecord(Base):
     finished_ns: Mapped[int] = mapped_column(BigInteger, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
     log_path: Mapped[str] = mapped_column(Text, default="")
+    restart_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Set by `stop` (and cleared by `start`): an unless-stopped/always container that was
+    # stopped on purpose stays stopped until started again.
+    manually_stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+
+
+def add_missing_columns(sessions: sessionmaker) -> None:
+    """Additive migration: columns added since a database was created (ALTER TABLE ADD
+    COLUMN with the server default), so an existing runtime DB keeps working."""
+    engine: Engine = sessions.kw["bind"]
+    existing = {c["name"] for c in inspect(engine).get_columns(ContainerRecord.__tablename__)}
+    with engine.begin() as conn:
+        for column in ContainerRecord.__table__.columns:
+            if column.name in existing:
+                continue
+            ddl = column.type.compile(dialect=engine.dialect)
+            default = f" DEFAULT {column.server_default.arg}" if column.server_default is not None else ""
+            if isinstance(column.type, Boolean) and default and engine.dialect.name == "postgresql":
+                default = " DEFAULT false"
+            conn.execute(text(f"ALTER TABLE {ContainerRecord.__tablename__} ADD COLUMN {column.name} {ddl}{default}"))

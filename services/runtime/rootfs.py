@@ -10,6 +10,7 @@ import os
 import stat
 
 from services.common.mount import Mount
+from services.runtime import mounts as container_mounts
 from services.runtime.syscalls import (
     MNT_DETACH,
     MS_BIND,
@@ -127,11 +128,22 @@ def readonly_paths(sys: Syscalls, paths: list[str] = READONLY_PATHS) -> None:
             sys.mount(path, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_REC)
 
 
-def setup(sys: Syscalls, spec: Mount, root: str, files: dict[str, str]) -> None:
-    """The whole sequence, from a fresh mount namespace to a pivoted, hardened root."""
+def setup(sys: Syscalls, spec: Mount, root: str, files: dict[str, str], *, mounts: list[dict] | None = None,
+          read_only: bool = False, workdir: str = "") -> None:
+    """The whole sequence, from a fresh mount namespace to a pivoted, hardened root.
+
+    ``mounts`` (volumes, binds, tmpfs; see services/runtime/mounts.py) go on after the
+    generated files and before pivot_root; ``read_only`` remounts / read-only last.
+    """
     mount_root(sys, spec, root)
     mount_kernel_fs(sys, root)
     bind_files(sys, root, files)
+    if mounts:
+        container_mounts.apply(sys, root, mounts)
+    if read_only:
+        container_mounts.make_workdir(root, workdir)
     pivot(sys, root)
     mask_paths(sys)
     readonly_paths(sys)
+    if read_only:
+        container_mounts.readonly_root(sys)

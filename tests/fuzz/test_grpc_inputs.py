@@ -22,8 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from berth.api.v1 import api_pb2
+from berth.api.v1 import network_pb2 as api_network_pb2
 from berth.image.v1 import image_pb2
-from berth.runtime.v1 import runtime_pb2
+from berth.runtime.v1 import network_pb2, runtime_pb2, storage_pb2
 from tests import images
 from tests.harness import EXTERNAL, Services
 
@@ -90,7 +91,7 @@ def message_strategy(descriptor, depth: int = 0):  # noqa: ANN001
 
 def unary_methods() -> list[tuple[str, str, object]]:
     out = []
-    for module in (api_pb2, image_pb2, runtime_pb2):
+    for module in (api_pb2, image_pb2, runtime_pb2, network_pb2, storage_pb2, api_network_pb2):
         for service in module.DESCRIPTOR.services_by_name.values():
             socket = {"berth.api.v1": "api", "berth.image.v1": "image", "berth.runtime.v1": "runtime"}[
                 service.file.package]

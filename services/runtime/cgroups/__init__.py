@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -42,6 +43,22 @@ class Manager(Protocol):
     def cpu_usage_ns(self, cid: str) -> int: ...
 
     def memory_usage_bytes(self, cid: str) -> int: ...
+
+    def apply(self, cid: str, limits: Limits) -> None:
+        """Write the limits that are set (> 0) to an existing container's cgroups (update)."""
+
+    def freeze(self, cid: str) -> None:
+        """Freeze every process of the container (pause); returns once they are frozen."""
+
+    def thaw(self, cid: str) -> None: ...
+
+    def frozen(self, cid: str) -> bool: ...
+
+    def pids(self, cid: str) -> list[int]:
+        """Host pids of every process in the container's cgroup."""
+
+    def stats(self, cid: str) -> dict[str, int]:
+        """memory_limit, pids, block_read, block_write (0 where unknown)."""
 
     def remove(self, cid: str) -> None:
         """Remove the container's cgroups (all its processes must be gone or going)."""
@@ -107,3 +124,31 @@ def rmdir_retry(path: Path, timeout: float = 2.0) -> None:
             if exc.errno != errno.EBUSY or time.monotonic() > deadline:
                 raise
             time.sleep(0.01)
+
+
+def wait_for(check: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise OSError(errno.EBUSY, f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def read_pids(path: Path) -> list[int]:
+    try:
+        return [int(x) for x in path.read_text().split()]
+    except OSError:
+        return []
+
+
+def read_int(path: Path, default: int = 0) -> int:
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return default
+    if text == "max":
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        return default

@@ -6,10 +6,21 @@ import errno
 import os
 from pathlib import Path
 
-from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_if_empty, rmdir_retry, write
+from services.runtime.cgroups import (
+    DEFAULT_CPU_PERIOD_US,
+    Limits,
+    read_int,
+    read_keyed,
+    read_pids,
+    rmdir_if_empty,
+    rmdir_retry,
+    wait_for,
+    write,
+)
 
 # cpuset is left out: a new cpuset cgroup needs cpus/mems copied in before it accepts tasks.
-CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer")
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "blkio")
+UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge page-rounded number
 
 
 class V1Manager:
@@ -101,6 +112,51 @@ class V1Manager:
             return int((self._dir("memory", cid) / "memory.usage_in_bytes").read_text())
         except (OSError, ValueError, KeyError):
             return 0
+
+    def _freezer(self, cid: str) -> Path:
+        if "freezer" not in self.controllers:
+            raise OSError(errno.ENOTSUP, "the freezer cgroup controller is not mounted")
+        return self._dir("freezer", cid) / "freezer.state"
+
+    def freeze(self, cid: str) -> None:
+        state = self._freezer(cid)
+        write(state, "FROZEN")
+        wait_for(lambda: state.read_text().strip() == "FROZEN", "the freezer")
+
+    def thaw(self, cid: str) -> None:
+        write(self._freezer(cid), "THAWED")
+
+    def frozen(self, cid: str) -> bool:
+        if "freezer" not in self.controllers:
+            return False
+        try:
+            return self._freezer(cid).read_text().strip() in ("FROZEN", "FREEZING")
+        except OSError:
+            return False
+
+    def pids(self, cid: str) -> list[int]:
+        for c in ("pids", "memory", "freezer", "cpu"):
+            if c in self.controllers:
+                return read_pids(self._dir(c, cid) / "cgroup.procs")
+        return []
+
+    def stats(self, cid: str) -> dict[str, int]:
+        out = {"memory_limit": 0, "pids": 0, "block_read": 0, "block_write": 0}
+        if "memory" in self.controllers:
+            limit = read_int(self._dir("memory", cid) / "memory.limit_in_bytes")
+            out["memory_limit"] = 0 if limit >= UNLIMITED else limit
+        if "pids" in self.controllers:
+            out["pids"] = read_int(self._dir("pids", cid) / "pids.current")
+        if "blkio" in self.controllers:
+            try:
+                text = (self._dir("blkio", cid) / "blkio.throttle.io_service_bytes").read_text()
+            except OSError:
+                text = ""
+            for line in text.splitlines():
+                parts = line.split()
+                if len(parts) == 3 and parts[1] in ("Read", "Write"):
+                    out["block_read" if parts[1] == "Read" else "block_write"] += int(parts[2])
+        return out
 
     def remove(self, cid: str) -> None:
         for d in self.dirs(cid):

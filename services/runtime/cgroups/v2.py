@@ -5,9 +5,19 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from services.runtime.cgroups import DEFAULT_CPU_PERIOD_US, Limits, read_keyed, rmdir_if_empty, rmdir_retry, write
+from services.runtime.cgroups import (
+    DEFAULT_CPU_PERIOD_US,
+    Limits,
+    read_int,
+    read_keyed,
+    read_pids,
+    rmdir_if_empty,
+    rmdir_retry,
+    wait_for,
+    write,
+)
 
-WANTED = ("memory", "cpu", "pids")
+WANTED = ("memory", "cpu", "pids", "io")
 
 
 def shares_to_weight(shares: int) -> int:
@@ -91,6 +101,35 @@ class V2Manager:
             return int((self._dir(cid) / "memory.current").read_text())
         except (OSError, ValueError):
             return 0
+
+    def freeze(self, cid: str) -> None:
+        d = self._dir(cid)
+        write(d / "cgroup.freeze", 1)
+        wait_for(lambda: read_keyed(d / "cgroup.events").get("frozen") == 1, "cgroup.freeze")
+
+    def thaw(self, cid: str) -> None:
+        write(self._dir(cid) / "cgroup.freeze", 0)
+
+    def frozen(self, cid: str) -> bool:
+        return read_int(self._dir(cid) / "cgroup.freeze") == 1
+
+    def pids(self, cid: str) -> list[int]:
+        return read_pids(self._dir(cid) / "cgroup.procs")
+
+    def stats(self, cid: str) -> dict[str, int]:
+        d = self._dir(cid)
+        out = {"memory_limit": read_int(d / "memory.max"), "pids": read_int(d / "pids.current"),
+               "block_read": 0, "block_write": 0}
+        try:
+            text = (d / "io.stat").read_text()
+        except OSError:
+            text = ""
+        for line in text.splitlines():
+            for item in line.split()[1:]:
+                key, _, value = item.partition("=")
+                if key in ("rbytes", "wbytes") and value.isdigit():
+                    out["block_read" if key == "rbytes" else "block_write"] += int(value)
+        return out
 
     def remove(self, cid: str) -> None:
         rmdir_retry(self._dir(cid))

@@ -8,6 +8,7 @@ import select
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,15 @@ class SupervisorError(Exception):
 
 class SupervisorUnavailable(SupervisorError):
     """No supervisor answered."""
+
+
+class ExecFailed(SupervisorError):
+    """An exec could not run its command; ``exit_code`` is Docker's (126/127, or 0 when
+    the failure was not the command's, e.g. the container stopped)."""
+
+    def __init__(self, message: str, exit_code: int = 0) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 @dataclass
@@ -49,6 +59,22 @@ class Stream:
         self.ack = ack
         self._buf = buf
         self._pending = pending
+        self._send_lock = threading.Lock()
+
+    def send(self, op: str, **kw: object) -> None:
+        """A fire-and-forget request on this connection (stdin, close_stdin, resize);
+        another thread may be reading events meanwhile."""
+        with self._send_lock:
+            self.sock.sendall(protocol.encode({"op": op, "noreply": True, **kw}))
+
+    def stdin(self, pid_id: str, data: bytes) -> None:
+        self.send("stdin", id=pid_id, d=base64.b64encode(data).decode())
+
+    def close_stdin(self, pid_id: str) -> None:
+        self.send("close_stdin", id=pid_id)
+
+    def resize(self, pid_id: str, rows: int, cols: int) -> None:
+        self.send("resize", id=pid_id, rows=rows, cols=cols)
 
     def next(self, timeout: float | None = None) -> Event | None:
         """The next event; None on timeout. Raises EOFError when the supervisor goes away."""
@@ -121,6 +147,38 @@ class SupervisorClient:
     def subscribe(self, cid: str) -> Stream:
         sock, ack, buf, pending = self._open({"op": "subscribe", "id": cid})
         return Stream(sock, ack, buf, pending)
+
+    def exec(self, config: dict) -> Stream:
+        """Start a process in a running container; the stream carries its output and exit."""
+        sock, ack, buf, pending = self._open({"op": "exec", "config": config})
+        if not ack.get("ok"):
+            sock.close()
+            raise ExecFailed(ack.get("error", "exec failed"), int(ack.get("exit_code", 0)))
+        return Stream(sock, ack, buf, pending)
+
+    def copy(self, request: dict) -> socket.socket:
+        """A socket to a cp helper for ``request`` (mode, id, path, rootfs, rootfs_dir)."""
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(self.socket_path)
+            sock.sendall(protocol.encode({"op": "copy", **request}))
+            data, fds, _, _ = socket.recv_fds(sock, 1 << 16, 1)
+            while data and not data.endswith(b"\n"):
+                more = sock.recv(1 << 16)
+                if not more:
+                    break
+                data += more
+        except OSError as exc:
+            raise SupervisorUnavailable(f"supervisor unavailable: {exc}") from exc
+        finally:
+            sock.close()
+        reply = protocol.decode(data) if data.strip() else {"ok": False, "error": "supervisor closed the connection"}
+        if not reply.get("ok") or not fds:
+            for fd in fds:
+                os.close(fd)
+            raise SupervisorError(reply.get("error", "copy failed"))
+        return socket.socket(fileno=fds[0])
 
     def watch(self) -> Stream:
         sock, ack, buf, pending = self._open({"op": "watch"})

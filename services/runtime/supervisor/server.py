@@ -1,8 +1,9 @@
 """The supervisor: one single-threaded process per host that parents every container.
 
-It forks container inits (``spawn.py``), holds their stdio pipes, appends their
-output to json-file logs and forwards it to subscribers, reaps them as a child
-subreaper, and records each exit in ``<state_dir>/exit.json`` before announcing it.
+It forks container inits and exec'd processes (``spawn.py``), holds their stdio pipes
+or pty masters, appends init output to json-file logs (rotated) and forwards output to
+subscribers, buffers stdin towards them without ever blocking, reaps them as a child
+subreaper, and records each init's exit in ``<state_dir>/exit.json`` before announcing it.
 The runtime gRPC server talks to it over a unix socket (``protocol.py``); the
 supervisor outlives that server so containers keep running across its restarts.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import errno
 import fcntl
 import json
 import logging
@@ -22,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 
+from services.runtime import tty
 from services.runtime.logs import LogWriter
 from services.runtime.supervisor import protocol
 from services.runtime.supervisor.spawn import SpawnConfig, Spawned, spawn
@@ -30,6 +33,7 @@ from services.runtime.syscalls import PR_SET_CHILD_SUBREAPER, LinuxSyscalls, Sys
 log = logging.getLogger("berth.supervisor")
 
 MAX_PENDING = 16 << 20  # a subscriber this far behind is dropped
+MAX_STDIN = 1 << 20     # stdin a process does not read is buffered up to this, then dropped
 
 
 def write_atomic(path: str, data: bytes) -> None:
@@ -57,9 +61,18 @@ class Running:
     id: str
     pid: int
     state_dir: str
-    log: LogWriter
-    fds: dict[int, str]           # pipe read end -> "stdout" | "stderr"
-    stdin: int = -1
+    log: LogWriter | None         # None for exec'd processes (Docker does not log them)
+    fds: dict[int, str]           # pipe read end (or pty master dup) -> "stdout" | "stderr"
+    stdin: int = -1               # our write end of its stdin (a pipe, or a dup of the pty master)
+    master: int = -1              # the pty master, kept for resizes
+    container: str = ""           # exec: the container it runs in; "" for an init
+    inbuf: bytearray = field(default_factory=bytearray)
+    close_stdin: bool = False     # close stdin once inbuf is written
+    cgroups: list[str] = field(default_factory=list)  # its cgroup.procs files
+
+    @property
+    def is_exec(self) -> bool:
+        return bool(self.container)
 
 
 class Supervisor:
@@ -137,6 +150,8 @@ class Supervisor:
                         self._conn_flush(obj)
                 elif kind == "pipe" and key.fd in obj.fds:
                     self._pipe_read(obj, key.fd)
+                elif kind == "stdin" and key.fd == obj.stdin:
+                    self._stdin_flush(obj)
 
     def _cleanup(self) -> None:
         for c in list(self.conns):
@@ -177,6 +192,7 @@ class Supervisor:
 
     def _kill_all(self) -> None:
         for c in list(self.containers.values()):
+            self._thaw(c)
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, signal.SIGKILL)
         deadline = time.monotonic() + 10
@@ -193,19 +209,23 @@ class Supervisor:
                 pass
             if fd in c.fds:
                 self._close_pipe(c, fd)
-        c.log.close()
-        if c.stdin >= 0:
-            os.close(c.stdin)
+        if c.log is not None:
+            c.log.close()
+        self._close_stdin(c)
+        if c.master >= 0:
+            os.close(c.master)
+            c.master = -1
         finished = time.time_ns()
-        try:
-            write_atomic(os.path.join(c.state_dir, "exit.json"),
-                         json.dumps({"exit_code": exit_code, "finished_at": finished, "pid": c.pid}).encode())
-        except OSError as exc:
-            log.warning("%s: cannot record exit: %s", c.id, exc)
+        if not c.is_exec:
+            try:
+                write_atomic(os.path.join(c.state_dir, "exit.json"),
+                             json.dumps({"exit_code": exit_code, "finished_at": finished, "pid": c.pid}).encode())
+            except OSError as exc:
+                log.warning("%s: cannot record exit: %s", c.id, exc)
         del self.containers[c.id]
         del self.by_pid[c.pid]
         self._event(c.id, {"ev": "exit", "id": c.id, "pid": c.pid, "exit_code": exit_code,
-                           "finished_at": finished}, final=True)
+                           "finished_at": finished}, final=True, watchers=not c.is_exec)
 
     # ---- container output ---------------------------------------------------------------
     def _pipe_read(self, c: Running, fd: int) -> bool:
@@ -214,12 +234,17 @@ class Supervisor:
             data = os.read(fd, 65536)
         except BlockingIOError:
             return False
+        except OSError as exc:  # EIO: a pty master whose slave every process has closed
+            if exc.errno != errno.EIO:
+                log.warning("%s: read: %s", c.id, exc)
+            data = b""
         if not data:
             self._close_pipe(c, fd)
             return False
         stream = c.fds[fd]
         now = time.time_ns()
-        c.log.write(stream, data, now)
+        if c.log is not None:
+            c.log.write(stream, data, now)
         self._event(c.id, {"ev": "out", "id": c.id, "s": 1 if stream == "stdout" else 2,
                            "d": base64.b64encode(data).decode(), "t": now})
         return True
@@ -228,6 +253,61 @@ class Supervisor:
         self.sel.unregister(fd)
         os.close(fd)
         del c.fds[fd]
+
+    # ---- container input ----------------------------------------------------------------
+    def _stdin_write(self, c: Running, data: bytes) -> None:
+        if c.stdin < 0 or c.close_stdin:
+            return
+        if len(c.inbuf) + len(data) > MAX_STDIN:
+            log.warning("%s: stdin not read, dropping %d bytes", c.id, len(data))
+            return
+        c.inbuf += data
+        self._stdin_flush(c)
+
+    def _stdin_flush(self, c: Running) -> None:
+        """Write what stdin takes now; the rest waits for EVENT_WRITE (never block the loop)."""
+        while c.inbuf and c.stdin >= 0:
+            try:
+                n = os.write(c.stdin, c.inbuf)
+            except BlockingIOError:
+                break
+            except OSError:  # EPIPE/EIO: nobody reads it any more
+                c.inbuf.clear()
+                self._close_stdin(c)
+                return
+            del c.inbuf[:n]
+        if c.stdin < 0:
+            return
+        if not c.inbuf and c.close_stdin:
+            self._close_stdin(c)
+            return
+        registered = c.stdin in self.sel.get_map()
+        if c.inbuf and not registered:
+            self.sel.register(c.stdin, selectors.EVENT_WRITE, ("stdin", c))
+        elif not c.inbuf and registered:
+            self.sel.unregister(c.stdin)
+
+    def _close_stdin(self, c: Running) -> None:
+        if c.stdin < 0:
+            return
+        if c.stdin in self.sel.get_map():
+            self.sel.unregister(c.stdin)
+        os.close(c.stdin)
+        c.stdin = -1
+
+    @staticmethod
+    def _thaw(c: Running) -> None:
+        """A frozen (paused) container ignores SIGKILL until thawed: thaw before killing.
+
+        The runtime owns the freezer; the supervisor only knows the cgroup dirs it was
+        given at spawn, whose freeze files (v1 ``freezer.state``, v2 ``cgroup.freeze``) sit
+        beside their ``cgroup.procs``.
+        """
+        for procs in c.cgroups:
+            d = os.path.dirname(procs)
+            for name, value in (("freezer.state", "THAWED"), ("cgroup.freeze", "0")):
+                with contextlib.suppress(OSError), open(os.path.join(d, name), "w") as f:
+                    f.write(value)
 
     # ---- clients ------------------------------------------------------------------------
     def _accept(self) -> None:
@@ -292,10 +372,11 @@ class Supervisor:
         events = selectors.EVENT_READ | (selectors.EVENT_WRITE if conn.wbuf else 0)
         self.sel.modify(conn.sock, events, ("conn", conn))
 
-    def _event(self, cid: str, msg: dict, final: bool = False) -> None:
+    def _event(self, cid: str, msg: dict, final: bool = False, watchers: bool = True) -> None:
         targets = set(self.subs.get(cid, ()))
         if final:
-            targets |= {c for c in self.conns if c.watch}
+            if watchers:
+                targets |= {c for c in self.conns if c.watch}
             self.subs.pop(cid, None)
         for conn in targets:
             self._send(conn, msg)
@@ -307,12 +388,33 @@ class Supervisor:
             return {"ok": True, "pid": os.getpid()}
         if op == "spawn":
             return self._spawn(SpawnConfig.from_dict(req["config"]))
+        if op == "exec":
+            return self._exec(conn, SpawnConfig.from_dict(req["config"]))
+        if op == "copy":
+            return self._copy(conn, req)
+        if op in ("stdin", "close_stdin", "resize"):
+            # Sent on a subscription, fire and forget: a reply would land among events.
+            c = self.containers.get(req.get("id", ""))
+            if c is not None:
+                if op == "stdin":
+                    self._stdin_write(c, base64.b64decode(req.get("d", "")))
+                elif op == "close_stdin":
+                    c.close_stdin = True
+                    self._stdin_flush(c)
+                elif c.master >= 0:
+                    with contextlib.suppress(OSError):
+                        tty.set_winsize(c.master, int(req.get("rows", 0)), int(req.get("cols", 0)))
+            if req.get("noreply"):
+                return None
+            return {"ok": c is not None} if c is not None else {"ok": False, "error": "not running"}
         if op == "kill":
             c = self.containers.get(req.get("id", ""))
             if c is None:
                 return {"ok": False, "error": "container is not running"}
             with contextlib.suppress(ProcessLookupError):
                 os.kill(c.pid, int(req.get("signal", signal.SIGKILL)))
+            if int(req.get("signal", signal.SIGKILL)) == signal.SIGKILL:
+                self._thaw(c)
             return {"ok": True}
         if op == "subscribe":
             cid = req["id"]
@@ -323,7 +425,8 @@ class Supervisor:
             conn.watch = True
             return {"ok": True}
         if op == "list":
-            return {"ok": True, "containers": [{"id": c.id, "pid": c.pid} for c in self.containers.values()]}
+            return {"ok": True, "containers": [{"id": c.id, "pid": c.pid} for c in self.containers.values()
+                                               if not c.is_exec]}
         if op == "shutdown":
             if req.get("if_idle") and self.containers:
                 return {"ok": False, "error": f"{len(self.containers)} containers running"}
@@ -333,24 +436,86 @@ class Supervisor:
             return {"ok": True}
         return {"ok": False, "error": f"unknown op {op!r}"}
 
-    def _spawn(self, cfg: SpawnConfig) -> dict:
-        if cfg.id in self.containers:
-            return {"ok": True, "pid": self.containers[cfg.id].pid, "already": True}
-        os.makedirs(cfg.state_dir, exist_ok=True)
-        writer = LogWriter(cfg.log_path)
-        result: Spawned = spawn(self.sys, cfg)
-        if not result.pid:
-            for fd in (result.stdout, result.stderr, result.stdin):
-                if fd >= 0:
-                    os.close(fd)
-            writer.close()
-            return {"ok": False, "error": result.error}
-        c = Running(cfg.id, result.pid, cfg.state_dir, writer, {result.stdout: "stdout", result.stderr: "stderr"},
-                    result.stdin)
+    @staticmethod
+    def _close_all(result: Spawned) -> None:
+        for fd in (result.stdout, result.stderr, result.stdin, result.master):
+            if fd >= 0:
+                os.close(fd)
+
+    def _track(self, cfg: SpawnConfig, result: Spawned, writer: LogWriter | None, container: str = "") -> Running:
+        fds = {fd: name for fd, name in ((result.stdout, "stdout"), (result.stderr, "stderr")) if fd >= 0}
+        c = Running(cfg.id, result.pid, cfg.state_dir, writer, fds, result.stdin, result.master, container,
+                    cgroups=list(cfg.cgroup_procs))
         self.containers[c.id] = c
         self.by_pid[c.pid] = c
         for fd in c.fds:
             self.sel.register(fd, selectors.EVENT_READ, ("pipe", c))
+        return c
+
+    def _exec(self, conn: Conn, cfg: SpawnConfig) -> dict:
+        """Start a process in a running container; ``conn`` is subscribed to its output."""
+        target = self.containers.get(cfg.container)
+        if target is None or target.is_exec:
+            return {"ok": False, "error": f"container {cfg.container} is not running"}
+        if cfg.id in self.containers:
+            return {"ok": False, "error": f"exec {cfg.id} already exists"}
+        cfg.exec_pid = target.pid
+        result = spawn(self.sys, cfg)
+        if not result.pid:
+            self._close_all(result)
+            return {"ok": False, "error": result.error, "exit_code": result.exit_code}
+        if result.error:
+            # The exec failed: its process has exited (or is about to). Nothing to stream.
+            os.waitpid(result.pid, 0)
+            self._close_all(result)
+            return {"ok": False, "error": result.error, "exit_code": result.exit_code}
+        self.subs.setdefault(cfg.id, set()).add(conn)
+        c = self._track(cfg, result, None, cfg.container)
+        return {"ok": True, "pid": c.pid}
+
+    def _copy(self, conn: Conn, req: dict) -> dict | None:
+        """Fork a cp helper (``copy.py``) and hand the caller its end of a socketpair."""
+        target = self.containers.get(req.get("id", ""))
+        req["pid"] = target.pid if target is not None and not target.is_exec else 0
+        if not req["pid"] and not req.get("rootfs"):
+            return {"ok": False, "error": "container is not running and has no rootfs"}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                keep = theirs.fileno()
+                os.closerange(3, keep)
+                os.closerange(keep + 1, 65536)
+                signal.set_wakeup_fd(-1)
+                for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                    signal.signal(sig, signal.SIG_DFL)
+                from services.runtime import copy
+
+                copy.helper(self.sys, theirs, req)
+            finally:
+                os._exit(1)
+        theirs.close()
+        try:
+            conn.sock.setblocking(True)
+            socket.send_fds(conn.sock, [protocol.encode({"ok": True, "pid": pid})], [ours.fileno()])
+        except OSError as exc:
+            log.warning("cannot hand over a copy socket: %s", exc)
+        finally:
+            conn.sock.setblocking(False)
+            ours.close()
+        return None
+
+    def _spawn(self, cfg: SpawnConfig) -> dict:
+        if cfg.id in self.containers:
+            return {"ok": True, "pid": self.containers[cfg.id].pid, "already": True}
+        os.makedirs(cfg.state_dir, exist_ok=True)
+        writer = LogWriter(cfg.log_path, cfg.log_max_size, cfg.log_max_files)
+        result: Spawned = spawn(self.sys, cfg)
+        if not result.pid:
+            self._close_all(result)
+            writer.close()
+            return {"ok": False, "error": result.error}
+        c = self._track(cfg, result, writer)
         if result.error:
             # Exec failed: pid 1 has exited (or is about to); record it now, in order.
             os.waitpid(c.pid, 0)

@@ -1,10 +1,16 @@
-"""Forking a container: the code that runs in the supervisor's children.
+"""Forking a container (or an exec into one): the code that runs in the supervisor's children.
 
 Child A (in the supervisor's namespaces) starts a new session, joins the container's
 cgroups, unshares the namespaces and forks B, the pid 1 of the new pid namespace; it
 sends B's host pid back and exits, so B is reparented to the subreaper supervisor.
 B builds the root filesystem, drops privileges and execs the command; anything that
 fails before exec is written to a CLOEXEC status pipe (EOF there means exec worked).
+
+An exec (``exec_pid`` set) takes the same path, except that A joins the running
+container's cgroups and *enters* its namespaces with setns (the pid namespace applies
+to B), and B skips the root filesystem: entering the mount namespace already made the
+container's root our root. With ``tty`` B opens a pty from the container's devpts,
+makes it its controlling terminal and sends the master back over a socketpair.
 """
 
 from __future__ import annotations
@@ -15,11 +21,13 @@ import json
 import os
 import select
 import signal
+import socket
 import time
 from dataclasses import asdict, dataclass, field
 
 from services.common.mount import Mount
-from services.runtime import capabilities, namespaces, rootfs, users
+from services.runtime import capabilities, namespaces, rootfs, tty, users
+from services.runtime.network import join
 from services.runtime.syscalls import PR_SET_NO_NEW_PRIVS, Syscalls
 
 SETUP_FAILED_EXIT = 128
@@ -41,6 +49,18 @@ class SpawnConfig:
     files: dict[str, str] = field(default_factory=dict)
     cgroup_procs: list[str] = field(default_factory=list)
     open_stdin: bool = False
+    tty: bool = False
+    tty_rows: int = 0
+    tty_cols: int = 0
+    exec_pid: int = 0          # exec: host pid of the container's init, whose namespaces we enter
+    container: str = ""        # exec: the container's id (``id`` is the exec's own)
+    log_max_size: int = 0      # json-file rotation; 0: never rotate
+    log_max_files: int = 1
+    # Networks and storage (issue 5): see services/runtime/mounts.py and network/join.py.
+    mounts: list[dict] = field(default_factory=list)
+    read_only: bool = False
+    netns: str = ""            # a prepared network namespace to join (bridge/user networks)
+    host_network: bool = False  # --network host: keep the host's network namespace
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -56,6 +76,7 @@ class Spawned:
     stdout: int = -1
     stderr: int = -1
     stdin: int = -1            # our write end of the container's stdin, when open_stdin
+    master: int = -1           # the pty master, with tty (then stdout is a dup of it, stderr -1)
     error: str = ""            # set when the container could not be started
     exit_code: int = 0         # with error: 126/127 (exec) or 128 (setup)
 
@@ -116,18 +137,29 @@ def _fail(fd: int, code: int, message: str) -> None:
         os._exit(code)
 
 
-def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: int, in_r: int) -> None:
-    """pid 1 of the container: never returns."""
+def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: int, in_r: int,
+            pty_sock: socket.socket | None) -> None:
+    """pid 1 of the container (or the exec'd process): never returns."""
     step = "setup"
+    slave = -1
     try:
         os.umask(0o022)
-        step = "rootfs"
-        rootfs.setup(sys, Mount.from_dict(cfg.rootfs), cfg.rootfs_dir, cfg.files)
-        step = "hostname"
-        if cfg.hostname:
-            sys.sethostname(cfg.hostname)
-        step = "loopback"
-        sys.link_up("lo")
+        if not cfg.exec_pid:
+            step = "rootfs"
+            rootfs.setup(sys, Mount.from_dict(cfg.rootfs), cfg.rootfs_dir, cfg.files, mounts=cfg.mounts,
+                         read_only=cfg.read_only, workdir=cfg.cwd)
+            step = "hostname"
+            if cfg.hostname:
+                sys.sethostname(cfg.hostname)
+            step = "loopback"
+            sys.link_up("lo")
+        if pty_sock is not None:
+            step = "tty"
+            master, slave = tty.open_pty("/dev/ptmx")
+            tty.set_winsize(slave, cfg.tty_rows, cfg.tty_cols)
+            tty.send_fd(pty_sock, master)
+            os.close(master)
+            pty_sock.close()
         step = "user"
         try:
             who = users.resolve(cfg.user, "/")
@@ -137,8 +169,11 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
         env.setdefault("HOME", who.home)
         step = "cwd"
         cwd = cfg.cwd or "/"
-        os.makedirs(cwd, exist_ok=True)
+        if not cfg.exec_pid:  # an exec into a missing directory fails, like Docker's
+            os.makedirs(cwd, exist_ok=True)
         os.chdir(cwd)
+        if slave >= 0:
+            os.fchown(slave, who.uid, -1)
         step = "capabilities"
         capabilities.restrict(sys)
         step = "setuid"
@@ -147,11 +182,14 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
         os.setuid(who.uid)
         sys.prctl(PR_SET_NO_NEW_PRIVS, 1)
         step = "stdio"
-        if in_r < 0:
-            in_r = os.open("/dev/null", os.O_RDONLY)
-        os.dup2(in_r, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
+        if slave >= 0:
+            tty.make_controlling(slave)
+        else:
+            if in_r < 0:
+                in_r = os.open("/dev/null", os.O_RDONLY)
+            os.dup2(in_r, 0)
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
         reset_signals(sys)
     except BaseException as exc:  # noqa: BLE001 - report, never return into the supervisor
         _fail(status_w, SETUP_FAILED_EXIT, f"container init failed at {step}: {exc}")
@@ -166,8 +204,8 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
 
 
 def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: int, err_w: int,
-             in_r: int) -> None:
-    """Join cgroups, unshare, fork the container's pid 1, report its pid: never returns."""
+             in_r: int, pty_sock: socket.socket | None) -> None:
+    """Join cgroups, unshare (or setns), fork the container's pid 1, report its pid: never returns."""
     try:
         reset_signals(sys)
         os.setsid()
@@ -175,11 +213,14 @@ def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: 
         for procs in cfg.cgroup_procs:
             with open(procs, "w") as f:
                 f.write(me)
-        namespaces.enter_new_namespaces(sys)
+        if cfg.exec_pid:
+            namespaces.enter_namespaces_of(sys, cfg.exec_pid)
+        else:
+            join.enter_container_namespaces(sys, cfg.netns, cfg.host_network)
         b = os.fork()
         if b == 0:
             os.close(pid_w)
-            _init_b(sys, cfg, status_w, out_w, err_w, in_r)
+            _init_b(sys, cfg, status_w, out_w, err_w, in_r, pty_sock)
             os._exit(SETUP_FAILED_EXIT)
         os.write(pid_w, json.dumps({"pid": b}).encode())
         os._exit(0)
@@ -194,23 +235,32 @@ def spawn(sys: Syscalls, cfg: SpawnConfig) -> Spawned:
     """Start a container; on return its pid 1 has exec'd (or failed, see ``Spawned.error``)."""
     if not cfg.args:
         return Spawned(error="no command specified", exit_code=SETUP_FAILED_EXIT)
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
+    if cfg.tty:
+        out_r = out_w = err_r = err_w = in_r = in_w = -1
+        parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    else:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_r, in_w = os.pipe() if cfg.open_stdin else (-1, -1)
+        parent_sock = child_sock = None
     pid_r, pid_w = os.pipe()
     status_r, status_w = os.pipe()
-    in_r, in_w = os.pipe() if cfg.open_stdin else (-1, -1)
     a = os.fork()
     if a == 0:
         try:
             for fd in (out_r, err_r, pid_r, status_r, in_w):
                 if fd >= 0:
                     os.close(fd)
-            _child_a(sys, cfg, pid_w, status_w, out_w, err_w, in_r)
+            if parent_sock is not None:
+                parent_sock.close()
+            _child_a(sys, cfg, pid_w, status_w, out_w, err_w, in_r, child_sock)
         finally:
             os._exit(1)
     for fd in (out_w, err_w, pid_w, status_w, in_r):
         if fd >= 0:
             os.close(fd)
+    if child_sock is not None:
+        child_sock.close()
     result = Spawned(stdout=out_r, stderr=err_r, stdin=in_w)
     deadline = time.monotonic() + SPAWN_TIMEOUT
     try:
@@ -222,6 +272,8 @@ def spawn(sys: Syscalls, cfg: SpawnConfig) -> Spawned:
             return result
         result.pid = msg["pid"]
         try:
+            if parent_sock is not None:
+                _receive_master(parent_sock, result, cfg.open_stdin, deadline)
             raw = _read_all(status_r, deadline)
         except TimeoutError:
             os.kill(result.pid, signal.SIGKILL)
@@ -234,5 +286,28 @@ def spawn(sys: Syscalls, cfg: SpawnConfig) -> Spawned:
     finally:
         os.close(pid_r)
         os.close(status_r)
-        for fd in (out_r, err_r):
-            os.set_blocking(fd, False)
+        if parent_sock is not None:
+            parent_sock.close()
+        for fd in (result.stdout, result.stderr, result.stdin):
+            if fd >= 0:
+                os.set_blocking(fd, False)
+
+
+def _receive_master(sock: socket.socket, result: Spawned, open_stdin: bool, deadline: float) -> None:
+    """The pty master from B (none if B failed before opening it: the status pipe says why).
+
+    Output is read from one fd and stdin written to a dup of it, so the supervisor can
+    watch the two directions separately in its selector.
+    """
+    left = max(0.0, deadline - time.monotonic())
+    r, _, _ = select.select([sock], [], [], left)
+    if not r:
+        raise TimeoutError("container setup timed out")
+    master = tty.recv_fd(sock)
+    if master < 0:
+        return
+    os.set_inheritable(master, False)
+    result.master = master
+    result.stdout = os.dup(master)
+    if open_stdin:
+        result.stdin = os.dup(master)

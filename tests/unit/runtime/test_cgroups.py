@@ -153,7 +153,7 @@ def test_v2_create_enables_controllers_and_writes_limits(tmp_path):
     d = root / "berth.slice" / CID
     assert procs == [d / "cgroup.procs"]
     # a plain file stands in for the kernel's subtree_control: the last write wins here
-    assert (root / "cgroup.subtree_control").read_text() in ("+memory", "+cpu", "+pids")
+    assert (root / "cgroup.subtree_control").read_text() in ("+memory", "+cpu", "+pids", "+io")
     assert (d / "memory.max").read_text() == str(32 << 20)
     assert (d / "cpu.max").read_text() == "50000 100000"
     assert (d / "pids.max").read_text() == "20"

@@ -89,6 +89,21 @@ class FakeCgroups:
     def remove_parent(self) -> None:
         self.parent_removed = not self.live
 
+    def apply(self, cid, limits):  # noqa: ANN001
+        self.live[cid] = limits
+
+    def freeze(self, cid):  # noqa: ANN001
+        self.frozen_ids = getattr(self, "frozen_ids", set()) | {cid}
+
+    def thaw(self, cid):  # noqa: ANN001
+        self.frozen_ids = getattr(self, "frozen_ids", set()) - {cid}
+
+    def frozen(self, cid):  # noqa: ANN001
+        return cid in getattr(self, "frozen_ids", set())
+
+    def dirs(self, cid):  # noqa: ANN001
+        return [Path(f"/fake/{cid}")]
+
 
 @pytest.fixture
 def env(tmp_path):
@@ -289,3 +304,100 @@ def test_list_orders_newest_first(env):
     c.start(A)
     assert [r.id for r in c.list(all_=True)] == [B, A]
     assert [r.id for r in c.list()] == [A]
+
+
+# ---- restart policies, pause, update, rename -------------------------------------------------
+
+def test_restart_rules():
+    from services.runtime.containers import next_backoff, should_restart
+
+    on_failure = runtime_pb2.RestartPolicy(name="on-failure", maximum_retry_count=3)
+    assert should_restart(on_failure, 1, 2, False) and not should_restart(on_failure, 1, 3, False)
+    assert not should_restart(on_failure, 0, 0, False)
+    assert should_restart(runtime_pb2.RestartPolicy(name="on-failure"), 1, 100, False)
+    assert should_restart(runtime_pb2.RestartPolicy(name="always"), 0, 0, False)
+    assert not should_restart(runtime_pb2.RestartPolicy(name="always"), 0, 0, True)  # stopped by hand
+    assert not should_restart(runtime_pb2.RestartPolicy(name="no"), 1, 0, False)
+    assert next_backoff(0, 0) == 0.1 and next_backoff(0.1, 1) == 0.2 and next_backoff(40, 1) == 60
+    assert next_backoff(3.2, 11) == 0.1  # a long run resets it
+
+
+def test_on_failure_restarts_then_gives_up(env):
+    c, sup, _ = env
+    rec = c.create(A, "", spec("false", restart_policy=runtime_pb2.RestartPolicy(name="on-failure",
+                                                                                    maximum_retry_count=2)))
+    c.start(rec.id)
+    for expected in (1, 2):
+        pid = c.get(rec.id).pid
+        sup.alive.pop(rec.id)
+        c._on_exit(rec.id, pid, 1, time.time_ns())
+        deadline = time.monotonic() + 5
+        while c.get(rec.id).restart_count != expected or c.get(rec.id).status != "running":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    pid = c.get(rec.id).pid
+    sup.alive.pop(rec.id)
+    c._on_exit(rec.id, pid, 1, time.time_ns())
+    time.sleep(0.6)
+    assert c.get(rec.id).status == "exited" and c.get(rec.id).restart_count == 2
+    assert len(sup.spawned) == 3
+
+
+def test_stop_by_hand_cancels_a_pending_restart(env):
+    c, sup, _ = env
+    rec = c.create(A, "", spec("sh", restart_policy=runtime_pb2.RestartPolicy(name="always")))
+    c.start(rec.id)
+    pid = c.get(rec.id).pid
+    sup.alive.pop(rec.id)
+    c._on_exit(rec.id, pid, 0, time.time_ns())
+    c.stop(rec.id)  # within the 100 ms backoff
+    time.sleep(0.3)
+    assert c.get(rec.id).status == "exited" and len(sup.spawned) == 1
+    assert c.get(rec.id).manually_stopped
+
+
+def test_pause_rules(env):
+    c, _, cg = env
+    with pytest.raises(errors.FailedPrecondition):
+        c.pause(c.create(A, "", spec("sh")).id)  # not running
+    c.start(A)
+    c.pause(A)
+    assert cg.frozen(A) and c.is_paused(c.get(A))
+    with pytest.raises(errors.FailedPrecondition, match="already paused"):
+        c.pause(A)
+    c.unpause(A)
+    with pytest.raises(errors.FailedPrecondition, match="not paused"):
+        c.unpause(A)
+
+
+def test_update_merges_limits_and_applies_them_live(env):
+    c, _, cg = env
+    c.create(A, "", spec("sh", resources=runtime_pb2.Resources(pids_limit=10)))
+    c.start(A)
+    c.update(A, runtime_pb2.Resources(memory_bytes=64 << 20), None)
+    assert cg.live[A].memory_bytes == 64 << 20 and cg.live[A].pids_limit == 10
+    with pytest.raises(errors.InvalidArgument):
+        c.update(A, None, runtime_pb2.RestartPolicy(name="sometimes"))
+
+
+def test_rename_rules(env):
+    c, _, _ = env
+    c.create(A, "aa", spec("sh"))
+    c.create("b" * 64, "bb", spec("sh"))
+    with pytest.raises(errors.AlreadyExists):
+        c.rename("aa", "bb")
+    with pytest.raises(errors.InvalidArgument):
+        c.rename("aa", "aa")
+    with pytest.raises(errors.InvalidArgument):
+        c.rename("aa", "bad name")
+    assert c.rename("aa", "cc").name == "cc"
+
+
+def test_log_options_are_validated(env):
+    c, _, _ = env
+    with pytest.raises(errors.InvalidArgument, match="unknown log opt"):
+        c.create(A, "", spec("sh", log_opts={"colour": "red"}))
+    with pytest.raises(errors.InvalidArgument, match="invalid size"):
+        c.create(A, "", spec("sh", log_opts={"max-size": "big"}))
+    c.create(A, "", spec("sh", log_opts={"max-size": "1m", "max-file": "2"}))
+    c.start(A)

@@ -1,0 +1,428 @@
+"""Registry commands: pull, push, login, logout, save, history, system df.
+
+Credentials follow Docker's client-side model: `login` checks them through the
+daemon and stores them in a Docker-compatible `config.json` (`$DOCKER_CONFIG`
+or `~/.docker`, mode 0600); `pull`/`push` read the entry for the image's
+registry and send it with the request. The daemon never stores them.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from cli import output
+from cli.client import Client, CliError
+from cli.commands import add, add_group
+
+DOCKER_HUB = "docker.io"
+DOCKER_HUB_KEY = "https://index.docker.io/v1/"
+
+system_app = typer.Typer(help="Manage Berth", no_args_is_help=True)
+
+
+# ---- config.json ---------------------------------------------------------------
+
+
+def config_path() -> Path:
+    base = os.environ.get("DOCKER_CONFIG") or os.path.join(os.path.expanduser("~"), ".docker")
+    return Path(base) / "config.json"
+
+
+def _read_config() -> dict[str, Any]:
+    try:
+        doc = json.loads(config_path().read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise CliError(f"berth: cannot read {config_path()}: {exc}", 1) from None
+    return doc if isinstance(doc, dict) else {}
+
+
+def _write_config(doc: dict[str, Any]) -> None:
+    """Write to a 0600 temp file and rename: never a moment with secrets readable or half-written."""
+    path = config_path()
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, tmp = tempfile.mkstemp(prefix=".config-", dir=path.parent)
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(doc, f, indent="\t")
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def registry_of(ref: str) -> str:
+    """The registry host of a reference, by Docker's rule (a first component with '.' or ':', or localhost)."""
+    name = ref.split("@", 1)[0]
+    first, sep, _ = name.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost" or first != first.lower()):
+        return DOCKER_HUB if first == "index.docker.io" else first
+    return DOCKER_HUB
+
+
+def server_key(server: str) -> str:
+    """How Docker names a registry in config.json."""
+    host = server.removeprefix("https://").removeprefix("http://").split("/", 1)[0]
+    if host in ("", DOCKER_HUB, "index.docker.io", "registry-1.docker.io"):
+        return DOCKER_HUB_KEY
+    return host
+
+
+def _matches(key: str, host: str) -> bool:
+    return server_key(key) == server_key(host)
+
+
+def auth_for(client: Client, host: str) -> Any:
+    """The RegistryAuth message for `host` from config.json (empty if none)."""
+    from berth.image.v1 import registry_pb2
+
+    for key, entry in (_read_config().get("auths") or {}).items():
+        if not isinstance(entry, dict) or not _matches(key, host):
+            continue
+        user, password = entry.get("username", ""), entry.get("password", "")
+        if entry.get("auth"):
+            try:
+                user, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except (ValueError, UnicodeDecodeError):
+                raise CliError(f"berth: invalid auth entry for {key} in {config_path()}", 1) from None
+        return registry_pb2.RegistryAuth(username=user, password=password,
+                                         identity_token=entry.get("identitytoken", ""),
+                                         registry_token=entry.get("registrytoken", ""))
+    return registry_pb2.RegistryAuth()
+
+
+# ---- the Images API ------------------------------------------------------------
+
+
+class ImagesClient:
+    """The berth.api.v1.Images service on the same connection as the Client."""
+
+    def __init__(self) -> None:
+        from berth.api.v1 import images_pb2_grpc
+        from berth.image.v1 import registry_pb2
+
+        self.client = Client()
+        self.stub = images_pb2_grpc.ImagesStub(self.client.channel)
+        self.pb = registry_pb2
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request)
+        except self.client.grpc.RpcError as err:
+            raise self.client.error(err) from None
+
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        return self.client.stream(getattr(self.stub, method)(request))
+
+
+# ---- progress ------------------------------------------------------------------
+
+
+class PlainProgress:
+    """Docker's non-terminal output: one line per layer status change, no byte counts."""
+
+    def __init__(self) -> None:
+        self.last: dict[str, str] = {}
+
+    def status(self, text: str) -> None:
+        print(text, flush=True)
+
+    def layer(self, layer: Any) -> None:
+        if layer.status in ("Downloading", "Pushing", "Extracting"):
+            return
+        if self.last.get(layer.id) != layer.status:
+            self.last[layer.id] = layer.status
+            print(f"{layer.id}: {layer.status}", flush=True)
+
+    def close(self) -> None:
+        pass
+
+
+class RichProgress:
+    """Bars per layer on a terminal, with bytes and speed, like `docker pull`."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
+
+        self.console = Console()
+        self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
+                                 TransferSpeedColumn(), console=self.console, transient=False)
+        self.tasks: dict[str, Any] = {}
+        self.progress.start()
+
+    def status(self, text: str) -> None:
+        self.progress.console.print(text, highlight=False)
+
+    def layer(self, layer: Any) -> None:
+        task = self.tasks.get(layer.id)
+        desc = f"{layer.id}: {layer.status}"
+        if task is None:
+            self.tasks[layer.id] = self.progress.add_task(desc, total=layer.total or None, completed=layer.current)
+            return
+        done = layer.status in ("Pull complete", "Already exists", "Pushed", "Layer already exists") or \
+            layer.status.startswith("Mounted from")
+        self.progress.update(task, description=desc, completed=layer.total if done else layer.current,
+                             total=layer.total or None)
+
+    def close(self) -> None:
+        self.progress.stop()
+
+
+def _progress(quiet: bool) -> Any:
+    if quiet:
+        return None
+    return RichProgress() if sys.stdout.isatty() else PlainProgress()
+
+
+def _follow(responses: Iterator[Any], quiet: bool) -> Any:
+    view = _progress(quiet)
+    result = None
+    try:
+        for msg in responses:
+            kind = msg.WhichOneof("item")
+            if kind == "result":
+                result = msg.result
+            elif view is None:
+                continue
+            elif kind == "status":
+                view.status(msg.status)
+            elif kind == "layer":
+                view.layer(msg.layer)
+    finally:
+        if view is not None:
+            view.close()
+    return result
+
+
+def _qualified(ref: str) -> str:
+    """Docker prints the fully qualified name at the end of a pull."""
+    host = registry_of(ref)
+    if host != DOCKER_HUB or ref.startswith(("docker.io/", "index.docker.io/")):
+        return ref.replace("index.docker.io/", "docker.io/", 1)
+    return f"docker.io/{ref if '/' in ref.split('@')[0].split(':')[0] else 'library/' + ref}"
+
+
+# ---- commands ------------------------------------------------------------------
+
+
+def pull(name: str = typer.Argument(..., metavar="NAME[:TAG|@DIGEST]"),
+         quiet: bool = typer.Option(False, "-q", "--quiet", help="Suppress verbose output"),
+         platform: str = typer.Option("", "--platform", help="Set platform if server is multi-platform capable"),
+         ) -> None:
+    """Download an image from a registry."""
+    api = ImagesClient()
+    req = api.pb.PullRequest(reference=name, platform=platform, auth=auth_for(api.client, registry_of(name)))
+    result = _follow(api.stream("Pull", req), quiet)
+    if result is not None:
+        ref = result.reference
+        if "@" not in ref and ":" not in ref.rsplit("/", 1)[-1]:
+            ref += ":latest"
+        print(_qualified(ref))
+
+
+def push(name: str = typer.Argument(..., metavar="NAME[:TAG]"),
+         quiet: bool = typer.Option(False, "-q", "--quiet", help="Suppress verbose output")) -> None:
+    """Upload an image to a registry."""
+    api = ImagesClient()
+    req = api.pb.PushRequest(reference=name, auth=auth_for(api.client, registry_of(name)))
+    result = _follow(api.stream("Push", req), quiet)
+    if quiet and result is not None:
+        print(_qualified(result.reference))
+
+
+def login(server: str = typer.Argument("", help="Registry host[:port]; Docker Hub if omitted"),
+          username: str = typer.Option("", "-u", "--username", help="Username"),
+          password: str = typer.Option("", "-p", "--password", help="Password"),
+          password_stdin: bool = typer.Option(False, "--password-stdin", help="Take the password from stdin")) -> None:
+    """Log in to a registry."""
+    if password and password_stdin:
+        raise CliError("berth: --password and --password-stdin are mutually exclusive", 1)
+    if password:
+        sys.stderr.write("WARNING! Using --password via the CLI is insecure. Use --password-stdin.\n")
+    if password_stdin:
+        if not username:
+            raise CliError("berth: Must provide --username with --password-stdin", 1)
+        password = sys.stdin.read().rstrip("\r\n")
+    if not username:
+        if not sys.stdin.isatty():
+            raise CliError("berth: Cannot perform an interactive login from a non TTY device", 1)
+        username = input("Username: ").strip()
+    if not password:
+        import getpass
+
+        if not sys.stdin.isatty():
+            raise CliError("berth: Cannot perform an interactive login from a non TTY device", 1)
+        password = getpass.getpass("Password: ")
+    if not username or not password:
+        raise CliError("berth: Error: Non-null Username and Password Required", 1)
+    api = ImagesClient()
+    auth = api.pb.RegistryAuth(username=username, password=password)
+    resp = api.call("Login", api.pb.LoginRequest(server=server, auth=auth))
+    doc = _read_config()
+    auths = doc.setdefault("auths", {})
+    key = server_key(server)
+    for old in [k for k in auths if _matches(k, key) and k != key]:
+        del auths[old]
+    entry: dict[str, str] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
+    if resp.identity_token:
+        entry = {"identitytoken": resp.identity_token}
+    auths[key] = entry
+    _write_config(doc)
+    print(resp.status or "Login Succeeded")
+
+
+def logout(server: str = typer.Argument("", help="Registry host[:port]; Docker Hub if omitted")) -> None:
+    """Log out from a registry."""
+    key = server_key(server)
+    doc = _read_config()
+    auths = doc.get("auths") or {}
+    found = [k for k in auths if _matches(k, key)]
+    if not found:
+        print(f"Not logged in to {server or DOCKER_HUB_KEY}")
+        return
+    print(f"Removing login credentials for {key}")
+    for k in found:
+        del auths[k]
+    _write_config(doc)
+
+
+def save(images_: list[str] = typer.Argument(..., metavar="IMAGE..."),
+         out: str = typer.Option("", "-o", "--output", help="Write to a file, instead of STDOUT"),
+         format_: str = typer.Option("docker-archive", "--format",
+                                     help="docker-archive (default) or oci-archive")) -> None:
+    """Save one or more images to a tar archive (streamed to STDOUT by default)."""
+    if format_ not in ("docker-archive", "oci-archive"):
+        raise CliError(f"berth: invalid --format {format_!r}: expected docker-archive or oci-archive", 125)
+    if not out and sys.stdout.isatty():
+        raise CliError("berth: cowardly refusing to save to a terminal. Use the -o flag or redirect", 1)
+    api = ImagesClient()
+    chunks = api.stream("Save", api.pb.SaveRequest(references=images_, format=format_))
+    if not out:
+        sink = sys.stdout.buffer
+        for chunk in chunks:
+            sink.write(chunk.data)
+        sink.flush()
+        return
+    target = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for chunk in chunks:
+                f.write(chunk.data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)  # a failed save never leaves a truncated archive under the name
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _ellipsis(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def history(image: str = typer.Argument(...),
+            human: bool = typer.Option(True, "-H", "--human", help="Print sizes and dates in human readable format"),
+            no_trunc: bool = typer.Option(False, "--no-trunc", help="Don't truncate output"),
+            quiet: bool = typer.Option(False, "-q", "--quiet", help="Only show image IDs")) -> None:
+    """Show the history of an image."""
+    api = ImagesClient()
+    entries = api.call("History", api.pb.HistoryRequest(reference=image)).entries
+    if quiet:
+        for e in entries:
+            print(e.id if no_trunc or e.id == "<missing>" else output.short_id(e.id))
+        return
+    rows = []
+    for e in entries:
+        ident = e.id if no_trunc or e.id == "<missing>" else output.short_id(e.id)
+        created = output.ago(e.created_unix) if human else output.rfc3339(e.created_unix * 1_000_000_000)
+        by = e.created_by.replace("\n", " ") if no_trunc else _ellipsis(e.created_by.replace("\n", " "), 45)
+        size = output.human_size(e.size) if human else str(e.size)
+        rows.append([ident, created or "N/A", by, size, e.comment])
+    output.table(["IMAGE", "CREATED", "CREATED BY", "SIZE", "COMMENT"], rows)
+
+
+def _pct(part: int, whole: int) -> str:
+    return f" ({part * 100 // whole}%)" if whole else ""
+
+
+def system_df(verbose: bool = typer.Option(False, "-v", "--verbose", help="Show detailed information")) -> None:
+    """Show Berth disk usage."""
+    api = ImagesClient()
+    from berth.image.v1 import registry_pb2
+
+    du = api.call("DiskUsage", registry_pb2.DiskUsageRequest())
+    rows = []
+    for label, row in (("Images", du.images), ("Containers", du.containers), ("Local Volumes", du.volumes),
+                       ("Build Cache", du.build_cache)):
+        rows.append([label, str(row.total), str(row.active), output.human_size(row.size),
+                     output.human_size(row.reclaimable) + _pct(row.reclaimable, row.size)])
+    output.table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE"], rows)
+    if verbose:
+        print("\nImages space usage:\n")
+        img_rows = []
+        for u in du.detail.images:
+            tags = list(u.image.repo_tags) or ["<none>:<none>"]
+            for t in tags:
+                repo, _, tag = t.rpartition(":") if ":" in t.rsplit("/", 1)[-1] else (t, "", "<none>")
+                img_rows.append([repo, tag, output.short_id(u.image.id), output.ago(u.image.created_unix),
+                                 output.human_size(u.image.size), output.human_size(u.shared_size),
+                                 output.human_size(u.unique_size), str(u.containers)])
+        output.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE", "SHARED SIZE", "UNIQUE SIZE",
+                      "CONTAINERS"], img_rows)
+        print("\nContainers space usage:\n")
+        output.table(["CONTAINER ID", "IMAGE", "SIZE"],
+                     [[s.key[:12], output.short_id(s.image_id), output.human_size(s.size)]
+                      for s in du.detail.snapshots])
+
+
+def image_prune(all_: bool = typer.Option(False, "-a", "--all", help="Remove all unused images, not just dangling"),
+                force: bool = typer.Option(False, "-f", "--force", help="Do not prompt for confirmation")) -> None:
+    """Remove unused images."""
+    if not force:
+        what = ("all images without at least one container associated to them" if all_
+                else "all dangling images")
+        sys.stdout.write(f"WARNING! This will remove {what}.\nAre you sure you want to continue? [y/N] ")
+        sys.stdout.flush()
+        answer = sys.stdin.readline().strip().lower()
+        if answer not in ("y", "yes"):
+            return
+    api = ImagesClient()
+    resp = api.call("Prune", api.pb.PruneRequest(all=all_))
+    if resp.untagged or resp.deleted:
+        print("Deleted Images:")
+        for u in resp.untagged:
+            print(f"untagged: {u}")
+        for d in resp.deleted:
+            print(f"deleted: {d}")
+        print()
+    print(f"Total reclaimed space: {output.human_size(resp.space_reclaimed)}")
+
+
+def _build_system() -> None:
+    system_app.command("df")(system_df)
+
+
+def register(app: typer.Typer, only: str | None = None) -> None:
+    add(app, only, "pull", pull)
+    add(app, only, "push", push)
+    add(app, only, "login", login)
+    add(app, only, "logout", logout)
+    add(app, only, "save", save)
+    add(app, only, "history", history)
+    add_group(app, only, "system", system_app, _build_system)

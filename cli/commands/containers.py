@@ -172,16 +172,25 @@ def _hang_up(_signum: int, _frame: object) -> None:
 
 
 def _each(names: list[str], fn) -> None:  # noqa: ANN001
-    """Apply fn to every name; report each failure and exit 1 if any failed, like Docker."""
-    failed = False
-    for name in names:
+    """Apply fn to every name, concurrently like Docker (stopping 200 containers must not
+    take 200 timeouts); print in argument order, report each failure, exit 1 if any failed."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def attempt(name: str) -> CliError | None:
         try:
             fn(name)
-            print(name)
         except CliError as err:
+            return err
+        return None
+
+    with ThreadPoolExecutor(max_workers=min(32, max(1, len(names)))) as pool:
+        outcomes = list(pool.map(attempt, names))
+    for name, err in zip(names, outcomes, strict=True):
+        if err is None:
+            print(name)
+        else:
             sys.stderr.write(f"{err}\n")
-            failed = True
-    if failed:
+    if any(outcomes):
         raise CliError("", 1)
 
 

@@ -149,6 +149,12 @@ class Services:
                 for child in [*(c for c in parent.iterdir() if c.is_dir()), parent]:
                     with contextlib.suppress(OSError):  # still busy: the leak checks report it
                         child.rmdir()
+        # Networks of a runtime that died without a graceful stop (see tests/hostcheck.py).
+        from tests.hostcheck import remove_instance_network
+
+        left = remove_instance_network(self.cgroup_parent)
+        if left:
+            sys.stderr.write(f"berth harness: removed network leftovers of {self.cgroup_parent}: {left}\n")
         shutil.rmtree(self.base, ignore_errors=True)
 
     def berth(self, *args: str, input: bytes | str | None = None, timeout: float = 60,

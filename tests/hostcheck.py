@@ -103,3 +103,25 @@ class HostState:
             if new:
                 leaks.append(f"{name}: {sorted(new)[:5]}")
         return leaks
+
+
+def remove_instance_network(cgroup_parent: str) -> list[str]:
+    """Safety net for a test instance's end: delete the bridges, veths, netns and nft table
+    carrying its tag (left only if its runtime died without a graceful stop). Returns what
+    had to be removed, so callers can say so; another instance's objects are never touched."""
+    tag = _instance_tag(cgroup_parent)
+    if tag == "berth":
+        return []  # the system instance's objects are its own business
+    removed = []
+    for name in sorted(_links()):
+        if _BERTH_NAMES.match(name) and (name.startswith(tag) or name.startswith("v" + tag[-6:])):
+            subprocess.run(["ip", "link", "del", name], capture_output=True)
+            removed.append(name)
+    for name in sorted(_netns()):
+        if name.startswith(tag + "-"):
+            subprocess.run(["ip", "netns", "del", name], capture_output=True)
+            removed.append(name)
+    if tag in _nft_tables():
+        subprocess.run(["nft", "delete", "table", "ip", tag], capture_output=True)
+        removed.append(f"nft table {tag}")
+    return removed

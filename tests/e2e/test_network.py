@@ -54,9 +54,41 @@ def fetch(url: str, timeout: float = 10.0) -> str:
             time.sleep(0.1)
 
 
-def test_default_bridge_has_address_and_route(services):
-    r = ok(services.berth("run", "--rm", "busybox", "sh", "-c", "ip -o -4 addr show eth0; ip route"))
+def test_default_bridge_has_address_route_and_host_mtu(services):
+    r = ok(services.berth("run", "--rm", "busybox", "sh", "-c", "ip -o -4 addr show eth0; ip route; "
+                          "cat /sys/class/net/eth0/mtu"))
     assert "inet " in r.stdout and "default via" in r.stdout
+    dev = subprocess.run(["ip", "-o", "route", "show", "default"], capture_output=True, text=True).stdout.split()
+    if "dev" in dev:
+        with open(f"/sys/class/net/{dev[dev.index('dev') + 1]}/mtu") as f:
+            assert r.stdout.splitlines()[-1] == f.read().strip()
+
+
+UDP_ECHO = ("import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind(('0.0.0.0',53))\n"
+            "while True:\n  d,a=s.recvfrom(100)\n  s.sendto(b'echo:'+d,a)\n")
+
+
+@pytest.mark.skipif(not os.path.isdir("/usr/lib/x86_64-linux-gnu"), reason="borrows the host's amd64 python")
+def test_published_udp_port(services):
+    """busybox has no UDP server: the host's python, bind-mounted read-only, serves as one."""
+    port = free_port()
+    cid = ok(services.berth("run", "-d", "-p", f"127.0.0.1:{port}:53/udp", "-v", "/usr:/usr:ro",
+                            "-v", "/usr/lib64:/lib64:ro", "-v", "/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu:ro",
+                            "busybox", "/usr/bin/python3", "-c", UDP_ECHO)).stdout.strip()
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.settimeout(0.5)
+            for _ in range(40):
+                s.sendto(b"ping", ("127.0.0.1", port))
+                try:
+                    assert s.recvfrom(100)[0] == b"echo:ping"
+                    break
+                except TimeoutError:
+                    continue
+            else:
+                pytest.fail("no UDP echo through the published port")
+    finally:
+        ok(services.berth("rm", "-f", cid))
 
 
 def test_published_port_from_loopback_and_port_command(services):
@@ -178,6 +210,10 @@ def test_network_bad_input(services):
 def test_network_ls_and_prune(services):
     name = "pn-" + uuid.uuid4().hex[:6]
     ok(services.berth("network", "create", name))
+    # A create refused for its name leaves no membership that would keep the network "in use".
+    cid = ok(services.berth("create", "--name", "pn-taken", "busybox", "true")).stdout.strip()
+    assert services.berth("create", "--name", "pn-taken", "--network", name, "busybox", "true").returncode == 125
+    ok(services.berth("rm", cid))
     out = ok(services.berth("network", "ls")).stdout
     assert out.splitlines()[0].split() == ["NETWORK", "ID", "NAME", "DRIVER", "SCOPE"]
     assert {"bridge", "host", "none", name} <= {ln.split()[1] for ln in out.splitlines()[1:]}
@@ -256,6 +292,18 @@ def test_rename_updates_peers_hosts(services):
         assert "1 packets received" in ok(services.berth("exec", "rn-b", "ping", "-c1", "-W2", "rn-renamed")).stdout
     finally:
         services.berth("rm", "-f", "rn-renamed", "rn-a", "rn-b")
+        ok(services.berth("network", "rm", net))
+
+
+def test_internal_network_has_no_way_out(services):
+    net = "in-" + uuid.uuid4().hex[:6]
+    ok(services.berth("network", "create", "--internal", net))
+    try:
+        with outside_host() as (out_ip, _host_ip, _ns):
+            r = services.berth("run", "--rm", "--network", net, "busybox", "sh", "-c",
+                               f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 2 {out_ip} 8000")
+            assert r.returncode != 0 and r.stdout == ""
+    finally:
         ok(services.berth("network", "rm", net))
 
 

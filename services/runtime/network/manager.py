@@ -95,7 +95,17 @@ class NetworkManager:
 
     # ---- start-up ---------------------------------------------------------------------
     def open(self) -> None:
-        """Builtin networks, bridges, then reconcile leftovers of a crash, then the rules."""
+        """Builtin networks, bridges, then reconcile leftovers of a crash, then the rules.
+
+        A host where this fails (no bridge support, no nft) still runs containers with
+        ``--network none|host`` and volumes: the error is logged, not fatal.
+        """
+        try:
+            self._open()
+        except Exception:  # noqa: BLE001
+            log.exception("networking unavailable; containers need --network none or host")
+
+    def _open(self) -> None:
         with self.lock:
             try:
                 self.mtu = links.host_mtu()
@@ -105,7 +115,7 @@ class NetworkManager:
             for net in self._networks():
                 if net.driver == "bridge":
                     links.ensure_bridge(net.bridge, net.gateway, ipaddress.ip_network(net.subnet).prefixlen, self.mtu)
-            self.reconcile()
+            self._reconcile()
 
     def _ensure_builtin(self) -> None:
         with self.sessions() as s:
@@ -126,6 +136,24 @@ class NetworkManager:
 
     def reconcile(self) -> None:
         """Leases, veths and netns of containers that are not running go; the rules are rebuilt."""
+        try:
+            self._reconcile()
+        except Exception:  # noqa: BLE001 - start-up must go on; the next change retries
+            log.exception("cannot reconcile networks")
+
+    @staticmethod
+    def _drop_orphans(s) -> None:  # noqa: ANN001
+        """Memberships of containers that do not exist (a create that failed after its
+        network hook, e.g. on a name conflict) must not keep a network 'in use'."""
+        existing = set(s.scalars(select(ContainerRecord.id)).all())
+        for e in s.scalars(select(EndpointRecord)).all():
+            if e.container_id not in existing and not e.ip:
+                s.delete(e)
+        s.commit()
+
+    def _reconcile(self) -> None:
+        with self.sessions() as s:
+            self._drop_orphans(s)
         running = self._running()
         with self.lock:
             with self.sessions() as s:
@@ -255,6 +283,7 @@ class NetworkManager:
         deleted = []
         with self.lock:
             with self.sessions() as s:
+                self._drop_orphans(s)
                 used = {e.network_id for e in s.scalars(select(EndpointRecord)).all()}
             for net in self._networks():
                 if net.name not in BUILTIN and net.id not in used:

@@ -6,7 +6,8 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 GEN := gen
 PROTOS := $(shell find protos -name '*.proto')
-APT_PACKAGES := python3-venv python3-dev busybox-static iproute2 util-linux zstd nftables
+APT_PACKAGES := python3-venv python3-dev busybox-static iproute2 util-linux zstd nftables \
+                docker-registry skopeo apache2-utils openssl
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_VENV := $(VENV)/.venv-stamp
 STAMP_GEN := $(GEN)/.stamp

@@ -30,14 +30,16 @@ def services() -> Services:
         svc: Services = ExternalServices()
     else:
         svc = Services(Path(tempfile.mkdtemp(prefix="berth-test-")))
-    svc.start()
-    tar = svc.base / "busybox.tar"
-    tar.write_bytes(images.busybox_rootfs_bytes())
-    r = svc.berth("import", str(tar), "busybox:latest")
-    assert r.returncode == 0, r.stderr
-    yield svc
-    svc.berth("rm", "-f", *svc.berth("ps", "-aq").stdout.split())
-    svc.close()
+    try:  # whatever fails after the first process started, close() still runs
+        svc.start()
+        tar = svc.base / "busybox.tar"
+        tar.write_bytes(images.busybox_rootfs_bytes())
+        r = svc.berth("import", str(tar), "busybox:latest")
+        assert r.returncode == 0, r.stderr
+        yield svc
+        svc.berth("rm", "-f", *svc.berth("ps", "-aq").stdout.split())
+    finally:
+        svc.close()
 
 
 @pytest.fixture

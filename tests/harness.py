@@ -43,6 +43,8 @@ class Services:
             "BERTH_ROOT_DIR": str(self.root_dir),
             "BERTH_CGROUP_PARENT": self.cgroup_parent,
             "PYTHONUNBUFFERED": "1",
+            # No pull may leave the machine: only loopback registries (the test fixtures').
+            "BERTH_ALLOWED_REGISTRIES": "127.0.0.1,localhost",
         })
         self.env.update(extra_env or {})
         self.procs: dict[str, subprocess.Popen] = {}

@@ -506,4 +506,7 @@ class FaultProxy:
 
     def close(self) -> None:
         self._closed = True
+        with contextlib.suppress(OSError):
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes the accept() blocked in the thread
         self._sock.close()
+        self._thread.join(5)

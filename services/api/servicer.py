@@ -27,6 +27,7 @@ from berth.types.v1 import types_pb2
 from services.api import network
 from services.api.downstream import Downstream
 from services.api.events import EventLog
+from services.api.images import ensure_image, registry_downstream
 from services.common import errors
 from services.common.config import Config
 from services.common.server import map_errors
@@ -66,6 +67,7 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
     def __init__(self, image, runtime, events: EventLog, cfg: Config) -> None:  # noqa: ANN001 - gRPC stubs
         self.image = Downstream("image", str(cfg.image_socket), image)
         self.runtime = Downstream("runtime", str(cfg.runtime_socket), runtime)
+        self.registry = registry_downstream(cfg)
         self._runtime_stub = runtime  # for streams we must be able to cancel (Downstream wraps them)
         self.events = events
         self.cfg = cfg
@@ -75,7 +77,8 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
     def _create(self, spec: api_pb2.RunSpec) -> runtime_pb2.Container:
         if not spec.image:
             raise errors.InvalidArgument("an image is required")
-        image = self.image.Inspect(image_pb2.InspectImageRequest(reference=spec.image))
+        # Like Docker, `run` and `create` pull an image that is not stored yet.
+        image = ensure_image(self.image, self.registry, spec.image)
         args = container_args(spec, image.config)
         cid = secrets.token_hex(32)
         snapshot = self.image.PrepareSnapshot(image_pb2.PrepareSnapshotRequest(key=cid, image=image.id))

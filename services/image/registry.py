@@ -33,7 +33,7 @@ from typing import Any, BinaryIO
 
 import grpc
 
-from services.common.errors import BerthError, NotFound
+from services.common.errors import BerthError, FailedPrecondition, NotFound
 from services.image.reference import DEFAULT_DOMAIN
 
 log = logging.getLogger("berth.image.registry")
@@ -90,6 +90,9 @@ class Settings:
 
     mirrors: tuple[str, ...] = ()
     insecure: tuple[str, ...] = ()
+    # When set, the only registry hosts Berth may contact (`allowed_registries`): an
+    # operator's guard, and how the test suite makes sure no pull leaves the machine.
+    allowed: tuple[str, ...] = ()
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -108,7 +111,8 @@ class Settings:
                 raw = ",".join(val) if isinstance(val, list) else str(val)
             return tuple(x.strip().rstrip("/") for x in raw.split(",") if x.strip())
 
-        return cls(mirrors=items("registry_mirrors"), insecure=items("insecure_registries"))
+        return cls(mirrors=items("registry_mirrors"), insecure=items("insecure_registries"),
+                   allowed=items("allowed_registries"))
 
     def scheme_for(self, host: str) -> str:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -120,8 +124,19 @@ class Settings:
     def endpoints(self, domain: str, for_push: bool = False) -> list[str]:
         """Base URLs to try, in order: mirrors first for Docker Hub pulls."""
         if domain == DEFAULT_DOMAIN:
-            return ([] if for_push else list(self.mirrors)) + [DOCKER_HUB_ENDPOINT]
-        return [f"{self.scheme_for(domain)}://{domain}"]
+            urls = ([] if for_push else list(self.mirrors)) + [DOCKER_HUB_ENDPOINT]
+        else:
+            urls = [f"{self.scheme_for(domain)}://{domain}"]
+        if self.allowed:
+            urls = [u for u in urls if self.is_allowed(urllib.parse.urlsplit(u).netloc)]
+            if not urls:
+                raise FailedPrecondition(f"registry {domain} is not in allowed_registries "
+                                         f"({', '.join(self.allowed)})")
+        return urls
+
+    def is_allowed(self, host: str) -> bool:
+        name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+        return not self.allowed or host in self.allowed or name.strip("[]") in self.allowed
 
 
 @dataclass

@@ -83,6 +83,10 @@ class Client:
                 exit_code = int(value)
         return CliError(f"Error response from daemon: {err.details()}", exit_code)
 
+    def service(self, stub_class: Any, pb: Any) -> ServiceClient:
+        """Another api service (Images, Networks, Volumes) on this connection."""
+        return ServiceClient(self, stub_class(self.channel), pb)
+
     # --- helpers for streams ------------------------------------------------
 
     @staticmethod
@@ -90,3 +94,30 @@ class Client:
         with open(path, "rb") if path != "-" else os.fdopen(0, "rb", closefd=False) as f:
             while chunk := f.read(CHUNK):
                 yield chunk
+
+
+class ServiceClient:
+    """One of the api's other gRPC services, with the Client's error mapping."""
+
+    def __init__(self, client: Client, stub: Any, pb: Any) -> None:
+        self.client = client
+        self.stub = stub
+        self.pb = pb
+
+    def call(self, method: str, request: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request)
+        except self.client.grpc.RpcError as err:
+            raise self.client.error(err) from None
+
+    def stream(self, method: str, request: Any) -> Iterator[Any]:
+        return self.client.stream(getattr(self.stub, method)(request))
+
+
+def pairs(items: list[str]) -> dict[str, str]:
+    """`--label k=v` / `--filter k=v` lists as a dict (a bare `k` maps to "")."""
+    out = {}
+    for item in items:
+        key, _, value = item.partition("=")
+        out[key] = value
+    return out

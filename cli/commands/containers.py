@@ -7,11 +7,14 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
 
 import typer
 
 from cli import output, specs
-from cli.client import Client, CliError
+from cli.client import Client, CliError, pairs
 from cli.commands import add, add_group
 from cli.terminal import DEFAULT_DETACH_KEYS, Session, parse_detach_keys, window_size, write_output
 
@@ -40,10 +43,7 @@ def _run_spec(client: Client, image: str, command: list[str] | None, *, name: st
         resources.cpu_quota_us = int(cpus * 100_000)
     if pids_limit:
         resources.pids_limit = pids_limit
-    labels = {}
-    for item in label:
-        key, _, value = item.partition("=")
-        labels[key] = value
+    labels = pairs(label)
     spec = client.api.RunSpec(
         image=image, command=command or [], env=env, workdir=workdir, user=user, hostname=hostname,
         name=name, resources=resources, labels=labels, auto_remove=rm, detach=detach,
@@ -263,9 +263,14 @@ def ps(all_: bool = typer.Option(False, "-a", "--all", help="Show all containers
         for c in containers:
             print(c.id if no_trunc else c.id[:12])
         return
+    ports: Callable[[Any], str] = lambda c: ""  # noqa: E731
+    if any(c.spec.network.ports for c in containers):
+        from cli.commands.network import ports_column
+
+        ports = partial(ports_column, client)
     rows = [[c.id if no_trunc else c.id[:12], c.spec.image,
              f'"{" ".join(c.spec.args)}"' if no_trunc else _command(list(c.spec.args)),
-             output.ago(c.created_unix_nano / 1e9), _status(c), "", c.name] for c in containers]
+             output.ago(c.created_unix_nano / 1e9), _status(c), ports(c), c.name] for c in containers]
     output.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
 
 

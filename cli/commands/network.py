@@ -2,41 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import typer
 
 from cli import output
-from cli.client import Client, CliError
+from cli.client import Client, CliError, ServiceClient, pairs
 from cli.commands import add, add_group
 
 network_app = typer.Typer(help="Manage networks", no_args_is_help=True)
 
 
-class NetClient:
-    """The api's Networks service on the CLI's channel, with the CLI's error mapping."""
+def net_client() -> ServiceClient:
+    """The api's Networks service on a fresh connection."""
+    from berth.api.v1 import network_pb2_grpc
+    from berth.runtime.v1 import network_pb2
 
-    def __init__(self) -> None:
-        from berth.api.v1 import network_pb2_grpc
-        from berth.runtime.v1 import network_pb2
-
-        self.client = Client()
-        self.pb = network_pb2
-        self.stub = network_pb2_grpc.NetworksStub(self.client.channel)
-
-    def call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self.stub, method)(request)
-        except self.client.grpc.RpcError as err:
-            raise self.client.error(err) from None
-
-
-def _labels(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key] = value
-    return out
+    return Client().service(network_pb2_grpc.NetworksStub, network_pb2)
 
 
 def create(name: str = typer.Argument(..., help="Network name"),
@@ -46,10 +29,10 @@ def create(name: str = typer.Argument(..., help="Network name"),
            internal: bool = typer.Option(False, "--internal", help="Restrict external access to the network"),
            label: list[str] = typer.Option([], "--label", help="Set metadata on a network")) -> None:
     """Create a network."""
-    c = NetClient()
+    c = net_client()
     net = c.call("CreateNetwork", c.pb.CreateNetworkRequest(name=name, driver=driver, subnet=subnet,
                                                              gateway=gateway, internal=internal,
-                                                             labels=_labels(label)))
+                                                             labels=pairs(label)))
     print(net.id)
 
 
@@ -57,8 +40,8 @@ def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="Only display net
        filter_: list[str] = typer.Option([], "-f", "--filter", help="Filter output (name=, id=, driver=, label=)"),
        no_trunc: bool = typer.Option(False, "--no-trunc", help="Do not truncate the output")) -> None:
     """List networks."""
-    c = NetClient()
-    nets = c.call("ListNetworks", c.pb.ListNetworksRequest(filters=_labels(filter_))).networks
+    c = net_client()
+    nets = c.call("ListNetworks", c.pb.ListNetworksRequest(filters=pairs(filter_))).networks
     ids = [n.id if no_trunc else n.id[:12] for n in nets]
     if quiet:
         for i in ids:
@@ -85,7 +68,7 @@ def network_dict(n: Any) -> dict:
 def inspect(networks: list[str] = typer.Argument(..., help="Networks"),
             format_: str = typer.Option("", "-f", "--format", help="Format with a Go-style template")) -> None:
     """Display detailed information on one or more networks."""
-    c = NetClient()
+    c = net_client()
     found, failed = [], None
     for ref in networks:
         try:
@@ -106,7 +89,7 @@ def inspect(networks: list[str] = typer.Argument(..., help="Networks"),
 
 def rm(networks: list[str] = typer.Argument(..., help="Networks")) -> None:
     """Remove one or more networks."""
-    c = NetClient()
+    c = net_client()
     failed = None
     for ref in networks:
         try:
@@ -128,7 +111,7 @@ def prune(force: bool = typer.Option(False, "-f", "--force", help="Do not prompt
                        "Are you sure you want to continue? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             return
-    c = NetClient()
+    c = net_client()
     deleted = c.call("PruneNetworks", c.pb.PruneNetworksRequest()).deleted
     if deleted:
         print("Deleted Networks:")
@@ -140,7 +123,7 @@ def connect(network: str = typer.Argument(...), container: str = typer.Argument(
             alias: list[str] = typer.Option([], "--alias", help="Network-scoped alias for the container"),
             ip: str = typer.Option("", "--ip", help="IPv4 address")) -> None:
     """Connect a container to a network."""
-    c = NetClient()
+    c = net_client()
     c.call("ConnectNetwork", c.pb.ConnectRequest(network=network, container=container, aliases=alias,
                                                  ipv4_address=ip))
 
@@ -148,13 +131,29 @@ def connect(network: str = typer.Argument(...), container: str = typer.Argument(
 def disconnect(network: str = typer.Argument(...), container: str = typer.Argument(...),
                force: bool = typer.Option(False, "-f", "--force", help="Force the disconnection")) -> None:
     """Disconnect a container from a network."""
-    c = NetClient()
+    c = net_client()
     c.call("DisconnectNetwork", c.pb.DisconnectRequest(network=network, container=container, force=force))
+
+
+def ports_column(client: Client, c: Any) -> str:
+    """`ps`'s PORTS: `0.0.0.0:8080->80/tcp, ...`; asks the runtime only for random host ports."""
+    ports = list(c.spec.network.ports)
+    if c.status != "running" or not ports:
+        return ""
+    if any(not p.host_port for p in ports):
+        from berth.api.v1 import network_pb2_grpc
+        from berth.runtime.v1 import network_pb2
+
+        with contextlib.suppress(client.grpc.RpcError):  # gone meanwhile: show what was asked
+            ports = list(network_pb2_grpc.NetworksStub(client.channel).ContainerPorts(
+                network_pb2.PortsRequest(container=c.id)).ports)
+    return ", ".join(f"{p.host_ip or '0.0.0.0'}:{p.host_port}->{p.container_port}/{p.protocol or 'tcp'}"
+                     for p in ports)
 
 
 def port(container: str = typer.Argument(...), private_port: str = typer.Argument(None)) -> None:
     """List port mappings or a specific mapping for the container."""
-    c = NetClient()
+    c = net_client()
     ports = c.call("ContainerPorts", c.pb.PortsRequest(container=container)).ports
     if private_port:
         num, _, proto = private_port.partition("/")

@@ -21,7 +21,7 @@ from typing import Any
 import typer
 
 from cli import output
-from cli.client import Client, CliError
+from cli.client import Client, CliError, ServiceClient
 from cli.commands import add, add_group
 
 DOCKER_HUB = "docker.io"
@@ -108,25 +108,12 @@ def auth_for(client: Client, host: str) -> Any:
 # ---- the Images API ------------------------------------------------------------
 
 
-class ImagesClient:
-    """The berth.api.v1.Images service on the same connection as the Client."""
+def images_client() -> ServiceClient:
+    """The api's Images service on a fresh connection."""
+    from berth.api.v1 import images_pb2_grpc
+    from berth.image.v1 import registry_pb2
 
-    def __init__(self) -> None:
-        from berth.api.v1 import images_pb2_grpc
-        from berth.image.v1 import registry_pb2
-
-        self.client = Client()
-        self.stub = images_pb2_grpc.ImagesStub(self.client.channel)
-        self.pb = registry_pb2
-
-    def call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self.stub, method)(request)
-        except self.client.grpc.RpcError as err:
-            raise self.client.error(err) from None
-
-    def stream(self, method: str, request: Any) -> Iterator[Any]:
-        return self.client.stream(getattr(self.stub, method)(request))
+    return Client().service(images_pb2_grpc.ImagesStub, registry_pb2)
 
 
 # ---- progress ------------------------------------------------------------------
@@ -225,7 +212,7 @@ def pull(name: str = typer.Argument(..., metavar="NAME[:TAG|@DIGEST]"),
          platform: str = typer.Option("", "--platform", help="Set platform if server is multi-platform capable"),
          ) -> None:
     """Download an image from a registry."""
-    api = ImagesClient()
+    api = images_client()
     req = api.pb.PullRequest(reference=name, platform=platform, auth=auth_for(api.client, registry_of(name)))
     result = _follow(api.stream("Pull", req), quiet)
     if result is not None:
@@ -238,7 +225,7 @@ def pull(name: str = typer.Argument(..., metavar="NAME[:TAG|@DIGEST]"),
 def push(name: str = typer.Argument(..., metavar="NAME[:TAG]"),
          quiet: bool = typer.Option(False, "-q", "--quiet", help="Suppress verbose output")) -> None:
     """Upload an image to a registry."""
-    api = ImagesClient()
+    api = images_client()
     req = api.pb.PushRequest(reference=name, auth=auth_for(api.client, registry_of(name)))
     result = _follow(api.stream("Push", req), quiet)
     if quiet and result is not None:
@@ -270,7 +257,7 @@ def login(server: str = typer.Argument("", help="Registry host[:port]; Docker Hu
         password = getpass.getpass("Password: ")
     if not username or not password:
         raise CliError("berth: Error: Non-null Username and Password Required", 1)
-    api = ImagesClient()
+    api = images_client()
     auth = api.pb.RegistryAuth(username=username, password=password)
     resp = api.call("Login", api.pb.LoginRequest(server=server, auth=auth))
     doc = _read_config()
@@ -310,7 +297,7 @@ def save(images_: list[str] = typer.Argument(..., metavar="IMAGE..."),
         raise CliError(f"berth: invalid --format {format_!r}: expected docker-archive or oci-archive", 125)
     if not out and sys.stdout.isatty():
         raise CliError("berth: cowardly refusing to save to a terminal. Use the -o flag or redirect", 1)
-    api = ImagesClient()
+    api = images_client()
     chunks = api.stream("Save", api.pb.SaveRequest(references=images_, format=format_))
     if not out:
         sink = sys.stdout.buffer
@@ -341,7 +328,7 @@ def history(image: str = typer.Argument(...),
             no_trunc: bool = typer.Option(False, "--no-trunc", help="Don't truncate output"),
             quiet: bool = typer.Option(False, "-q", "--quiet", help="Only show image IDs")) -> None:
     """Show the history of an image."""
-    api = ImagesClient()
+    api = images_client()
     entries = api.call("History", api.pb.HistoryRequest(reference=image)).entries
     if quiet:
         for e in entries:
@@ -363,7 +350,7 @@ def _pct(part: int, whole: int) -> str:
 
 def system_df(verbose: bool = typer.Option(False, "-v", "--verbose", help="Show detailed information")) -> None:
     """Show Berth disk usage."""
-    api = ImagesClient()
+    api = images_client()
     from berth.image.v1 import registry_pb2
 
     du = api.call("DiskUsage", registry_pb2.DiskUsageRequest())
@@ -402,7 +389,7 @@ def image_prune(all_: bool = typer.Option(False, "-a", "--all", help="Remove all
         answer = sys.stdin.readline().strip().lower()
         if answer not in ("y", "yes"):
             return
-    api = ImagesClient()
+    api = images_client()
     resp = api.call("Prune", api.pb.PruneRequest(all=all_))
     if resp.untagged or resp.deleted:
         print("Deleted Images:")

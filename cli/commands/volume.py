@@ -8,49 +8,33 @@ from typing import Any
 import typer
 
 from cli import output
-from cli.client import Client, CliError
+from cli.client import Client, CliError, ServiceClient, pairs
 from cli.commands import add_group
 
 volume_app = typer.Typer(help="Manage volumes", no_args_is_help=True)
 
 
-class VolClient:
-    def __init__(self) -> None:
-        from berth.api.v1 import network_pb2_grpc
-        from berth.runtime.v1 import storage_pb2
+def vol_client() -> ServiceClient:
+    """The api's Volumes service on a fresh connection."""
+    from berth.api.v1 import network_pb2_grpc
+    from berth.runtime.v1 import storage_pb2
 
-        self.client = Client()
-        self.pb = storage_pb2
-        self.stub = network_pb2_grpc.VolumesStub(self.client.channel)
-
-    def call(self, method: str, request: Any) -> Any:
-        try:
-            return getattr(self.stub, method)(request)
-        except self.client.grpc.RpcError as err:
-            raise self.client.error(err) from None
-
-
-def _pairs(items: list[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        key, _, value = item.partition("=")
-        out[key] = value
-    return out
+    return Client().service(network_pb2_grpc.VolumesStub, storage_pb2)
 
 
 def create(name: str = typer.Argument("", help="Volume name (random if omitted)"),
            driver: str = typer.Option("local", "-d", "--driver", help="Volume driver name"),
            label: list[str] = typer.Option([], "--label", help="Set metadata for a volume")) -> None:
     """Create a volume."""
-    c = VolClient()
-    print(c.call("CreateVolume", c.pb.CreateVolumeRequest(name=name, driver=driver, labels=_pairs(label))).name)
+    c = vol_client()
+    print(c.call("CreateVolume", c.pb.CreateVolumeRequest(name=name, driver=driver, labels=pairs(label))).name)
 
 
 def ls(quiet: bool = typer.Option(False, "-q", "--quiet", help="Only display volume names"),
        filter_: list[str] = typer.Option([], "-f", "--filter", help="Filter (dangling=, name=, label=)")) -> None:
     """List volumes."""
-    c = VolClient()
-    vols = c.call("ListVolumes", c.pb.ListVolumesRequest(filters=_pairs(filter_))).volumes
+    c = vol_client()
+    vols = c.call("ListVolumes", c.pb.ListVolumesRequest(filters=pairs(filter_))).volumes
     if quiet:
         for v in vols:
             print(v.name)
@@ -66,7 +50,7 @@ def volume_dict(v: Any) -> dict:
 def inspect(volumes: list[str] = typer.Argument(..., help="Volumes"),
             format_: str = typer.Option("", "-f", "--format", help="Format with a Go-style template")) -> None:
     """Display detailed information on one or more volumes."""
-    c = VolClient()
+    c = vol_client()
     found, failed = [], None
     for name in volumes:
         try:
@@ -88,7 +72,7 @@ def inspect(volumes: list[str] = typer.Argument(..., help="Volumes"),
 def rm(volumes: list[str] = typer.Argument(..., help="Volumes"),
        force: bool = typer.Option(False, "-f", "--force", help="Force the removal of one or more volumes")) -> None:
     """Remove one or more volumes."""
-    c = VolClient()
+    c = vol_client()
     failed = False
     for name in volumes:
         try:
@@ -112,7 +96,7 @@ def prune(force: bool = typer.Option(False, "-f", "--force", help="Do not prompt
                        "Are you sure you want to continue? [y/N] ")
         if answer.strip().lower() not in ("y", "yes"):
             return
-    c = VolClient()
+    c = vol_client()
     resp = c.call("PruneVolumes", c.pb.PruneVolumesRequest(all=all_))
     if resp.deleted:
         print("Deleted Volumes:")

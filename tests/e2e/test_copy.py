@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from tests.e2e.test_interactive import ok, one_line_error
+from tests.e2e.assertions import ok, one_line_error
 
 pytestmark = pytest.mark.usefixtures("clean_host")
 

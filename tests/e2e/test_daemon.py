@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_containers import ok, one_line_error
+from tests.e2e.assertions import ok, one_line_error
 from tests.harness import EXTERNAL, Services
 from tests.hostcheck import HostState
 

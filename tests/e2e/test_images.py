@@ -8,7 +8,7 @@ import os
 import pytest
 
 from tests import images
-from tests.e2e.test_containers import ok, one_line_error
+from tests.e2e.assertions import ok, one_line_error
 
 pytestmark = pytest.mark.usefixtures("clean_host")
 

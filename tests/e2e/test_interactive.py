@@ -16,6 +16,7 @@ from pathlib import Path
 import pexpect
 import pytest
 
+from tests.e2e.assertions import ok, one_line_error
 from tests.harness import REPO
 
 pytestmark = pytest.mark.usefixtures("clean_host")
@@ -23,17 +24,8 @@ pytestmark = pytest.mark.usefixtures("clean_host")
 CTRL_P_CTRL_Q = "\x10\x11"
 
 
-def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert r.returncode == 0, f"rc={r.returncode} stdout={r.stdout!r} stderr={r.stderr!r}"
-    assert "Traceback" not in r.stderr
-    return r
 
 
-def one_line_error(r: subprocess.CompletedProcess, rc: int, needle: str) -> None:
-    assert r.returncode == rc, f"rc={r.returncode} stdout={r.stdout!r} stderr={r.stderr!r}"
-    assert "Traceback" not in r.stderr
-    assert needle in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def spawn(services, *args: str, rows: int = 24, cols: int = 80) -> pexpect.spawn:

@@ -19,22 +19,15 @@ import uuid
 
 import pytest
 
+from tests.e2e.assertions import ok, one_line_error
+
 pytestmark = pytest.mark.usefixtures("clean_host")
 
 HTTPD = "mkdir -p /www && echo {text} > /www/index.html && exec httpd -f -p {port} -h /www"
 
 
-def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert r.returncode == 0, f"rc={r.returncode} stdout={r.stdout!r} stderr={r.stderr!r}"
-    assert "Traceback" not in r.stderr
-    return r
 
 
-def one_line_error(r: subprocess.CompletedProcess, rc: int, needle: str) -> None:
-    assert r.returncode == rc, f"rc={r.returncode} stderr={r.stderr!r}"
-    assert "Traceback" not in r.stderr
-    assert needle in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def free_port() -> int:
@@ -103,6 +96,8 @@ def test_published_port_from_loopback_and_port_command(services):
         random_line = [ln for ln in lines if ln.startswith("81/tcp -> 127.0.0.1:")]
         assert random_line and int(random_line[0].rsplit(":", 1)[1]) > 0
         assert ok(services.berth("port", cid, "80")).stdout == f"0.0.0.0:{port}\n"
+        ps_ports = ok(services.berth("ps")).stdout
+        assert f"0.0.0.0:{port}->80/tcp" in ps_ports and "127.0.0.1:" in ps_ports and "->81/tcp" in ps_ports
         one_line_error(services.berth("port", cid, "99"), 1, "No public port '99/tcp'")
         # The same host port twice is refused clearly, and leaves nothing behind.
         one_line_error(services.berth("run", "--rm", "-p", f"{port}:80", "busybox", "true"), 125,

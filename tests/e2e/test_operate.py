@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_interactive import ok, one_line_error, state, wait_state
+from tests.e2e.assertions import ok, one_line_error
+from tests.e2e.test_interactive import state, wait_state
 from tests.harness import EXTERNAL, Services
 from tests.hostcheck import HostState
 

@@ -20,7 +20,7 @@ import pytest
 from berth.image.v1 import image_pb2, image_pb2_grpc, registry_pb2_grpc
 from services.api.images import ensure_image
 from tests import images
-from tests.e2e.test_containers import ok, one_line_error
+from tests.e2e.assertions import ok, one_line_error
 from tests.harness import Services
 from tests.registry import USERS, Registry, free_port, make_image, make_index, push_image, push_index, skopeo_inspect
 

@@ -3,24 +3,16 @@
 from __future__ import annotations
 
 import os
-import subprocess
 
 import pytest
+
+from tests.e2e.assertions import ok, one_line_error
 
 pytestmark = pytest.mark.usefixtures("clean_host")
 
 
-def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
-    assert r.returncode == 0, f"rc={r.returncode} stdout={r.stdout!r} stderr={r.stderr!r}"
-    assert "Traceback" not in r.stderr
-    return r
 
 
-def one_line_error(r: subprocess.CompletedProcess, rc: int, needle: str) -> None:
-    assert r.returncode == rc, f"rc={r.returncode} stderr={r.stderr!r}"
-    assert "Traceback" not in r.stderr
-    assert needle in r.stderr, r.stderr
-    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_named_volume_outlives_containers(services):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_containers import ok
+from tests.e2e.assertions import ok
 from tests.harness import EXTERNAL, Services
 from tests.hostcheck import HostState, _instance_tag
 

@@ -9,9 +9,9 @@ FROM ${BASE_IMAGE} AS services
 ENV PIP_CERT=/etc/ssl/certs/ca-certificates.crt \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONUNBUFFERED=1
-RUN command -v ip >/dev/null && command -v mount >/dev/null || { \
+RUN command -v ip >/dev/null && command -v mount >/dev/null && command -v nft >/dev/null || { \
       apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        iproute2 util-linux && rm -rf /var/lib/apt/lists/*; }
+        iproute2 util-linux nftables && rm -rf /var/lib/apt/lists/*; }
 
 WORKDIR /opt/berth
 COPY requirements.txt ./
@@ -30,9 +30,10 @@ ENTRYPOINT ["/opt/berth/.venv/bin/python", "-m"]
 CMD ["services.api"]
 
 FROM services AS tests
-RUN command -v busybox >/dev/null && command -v ps >/dev/null || { \
-      apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
-        busybox-static procps && rm -rf /var/lib/apt/lists/*; }
+# What the tests themselves run: a real registry, skopeo, htpasswd, busybox for test images.
+RUN apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends \
+      busybox-static procps docker-registry skopeo apache2-utils openssl \
+ && rm -rf /var/lib/apt/lists/*
 COPY requirements-dev.txt ./
 RUN /opt/berth/.venv/bin/pip install --no-cache-dir -r requirements-dev.txt
 COPY pyproject.toml ./

@@ -19,6 +19,7 @@ import typer
 
 from cli.client import CHUNK, Client, CliError
 from cli.commands import add
+from services.common import tarsafe
 
 
 def split_arg(arg: str) -> tuple[str | None, str]:
@@ -29,21 +30,6 @@ def split_arg(arg: str) -> tuple[str | None, str]:
     if sep and container:
         return container, path
     return None, arg
-
-
-def _safe(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    """Nothing lands outside ``dest``: tarfile's "tar" filter refuses absolute names and
-    names that resolve (through links already extracted) outside it; hard links must
-    point inside too. Symlinks themselves are kept as they are (never followed here),
-    and so are modes and owners, as cp keeps them. The archive comes from a container:
-    it is not trusted."""
-    checked = tarfile.tar_filter(member, dest)
-    if member.islnk():
-        root = os.path.realpath(dest)
-        target = os.path.realpath(os.path.join(root, member.linkname))
-        if os.path.commonpath([root, target]) != root:
-            raise tarfile.LinkOutsideDestinationError(member, target)
-    return checked.replace(mode=member.mode, deep=False) if checked.mode != member.mode else checked
 
 
 def _rename(tar: tarfile.TarFile, new_top: str | None):  # noqa: ANN202
@@ -90,7 +76,7 @@ def _from_container(client: Client, container: str, path: str, dest: str) -> Non
         try:
             with tarfile.open(fileobj=spool, mode="r:") as tar:
                 for member in _rename(tar, new_top):
-                    tar.extract(member, directory, numeric_owner=True, filter=_safe)
+                    tarsafe.extract(tar, member, directory)
         except (tarfile.TarError, OSError) as err:
             raise CliError(f"berth: copy failed: {err}", 1) from None
 

@@ -23,6 +23,7 @@ import socket
 import stat
 import tarfile
 
+from services.common import tarsafe
 from services.common.mount import Mount
 from services.runtime import namespaces, rootfs
 from services.runtime.syscalls import Syscalls
@@ -97,14 +98,6 @@ class Renamer:
         return member
 
 
-def extract_filter(member: tarfile.TarInfo, dest: str) -> tarfile.TarInfo:
-    """tarfile's "tar" filter (no absolute names, nothing outside ``dest``, no links out of
-    it) without its mode changes: cp keeps modes, setuid bits included."""
-    mode = member.mode
-    checked = tarfile.tar_filter(member, dest)
-    return checked.replace(mode=mode, deep=False) if checked.mode != mode else checked
-
-
 def send(sock: socket.socket, path: str, container: str) -> None:
     """Tar ``path`` (inside our root) onto the socket."""
     try:
@@ -131,7 +124,7 @@ def receive(sock: socket.socket, dest: str) -> None:
         with sock.makefile("rb") as src, tarfile.open(fileobj=src, mode="r|") as tar:
             rename = Renamer(new_top)
             for member in tar:
-                tar.extract(rename(member), directory, numeric_owner=True, filter=extract_filter)
+                tarsafe.extract(tar, rename(member), directory)
     except (tarfile.TarError, OSError) as exc:
         _status(sock, ok=False, error=f"copy failed: {exc}")
         return

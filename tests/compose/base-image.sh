@@ -6,9 +6,9 @@
 set -euo pipefail
 tag=${1:-berth-base:bookworm}
 cache=${BERTH_CACHE_DIR:-/var/cache/berth}
-tarball=$cache/bookworm-python3-rootfs.tar
 mirror=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
-packages=python3,python3-venv,ca-certificates,iproute2,util-linux,procps,busybox-static
+packages=python3,python3-venv,ca-certificates,iproute2,util-linux,procps,busybox-static,nftables
+tarball=$cache/bookworm-$(echo "$packages" | sha256sum | cut -c1-12).tar  # a new list, a new cache
 if [ ! -s "$tarball" ]; then
   mkdir -p "$cache"
   root=$(mktemp -d "$cache/rootfs.XXXXXX")

@@ -8,6 +8,7 @@ here before the spawn, and child A merely joins it.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -18,6 +19,9 @@ from services.common import errors
 
 NETNS_DIR = Path("/run/netns")
 
+
+
+log = logging.getLogger("berth.runtime.network")
 
 def host_mtu() -> int:
     """The MTU of the interface holding the default route (1500 if there is none)."""
@@ -59,8 +63,11 @@ def ensure_bridge(name: str, gateway: str, prefixlen: int, mtu: int) -> None:
             ip.addr("add", index=idx, address=gateway, prefixlen=prefixlen)
         ip.link("set", index=idx, state="up")
     # Let DNAT'd packets from 127.0.0.1 leave on this bridge (see nft.py), on this bridge only.
-    with contextlib.suppress(OSError):
+    try:
         Path(f"/proc/sys/net/ipv4/conf/{name}/route_localnet").write_text("1")
+    except OSError as exc:  # e.g. a runtime in a container whose /proc/sys is read-only
+        log.warning("published ports will not be reachable from the host's loopback: "
+                    "cannot set route_localnet on %s: %s", name, exc)
 
 
 def delete_link(name: str) -> None:

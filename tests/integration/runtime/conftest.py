@@ -17,6 +17,7 @@ import pytest
 
 from berth.runtime.v1 import runtime_pb2, runtime_pb2_grpc
 from berth.types.v1 import types_pb2
+from services.common import tarsafe
 from tests import images
 from tests.harness import Services
 from tests.hostcheck import HostState
@@ -94,7 +95,7 @@ class Runtime:
 def busybox_dir() -> Path:
     d = Path(tempfile.mkdtemp(prefix="berth-busybox-"))
     with tarfile.open(fileobj=io.BytesIO(images.busybox_rootfs_bytes())) as tar:
-        tar.extractall(d, filter="fully_trusted")
+        tar.extractall(d, **tarsafe.EXTRACT_KWARGS)
     yield d
     shutil.rmtree(d, ignore_errors=True)
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from sqlalchemy.exc import DataError
 
 from services.common import config, errors
 
@@ -27,6 +28,9 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
         context.abort(exc.code, str(exc))
     if isinstance(exc, grpc.RpcError):  # a downstream service's status: pass it on
         context.abort(exc.code(), exc.details() or str(exc.code()))
+    if isinstance(exc, DataError):  # a value the database cannot hold (e.g. NUL in PostgreSQL text)
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                      "invalid argument: " + (str(exc.orig).splitlines() or ["unstorable value"])[0])
     log.exception("internal error")
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 

@@ -7,6 +7,14 @@ Side by side in one run, each from a cold store (the image removed between runs)
 
 The layers are real files from this host (/usr), so they compress and inflate
 like a real image's, not like random bytes.
+
+The tools take turns, one run each per round, so a burst of load from other
+work on a shared machine hits them alike. After each reset (the previous copy
+deleted) the file system is synced and left alone for BENCH_PULL_SETTLE
+seconds (default 6): ext4 without a journal will not reuse an inode freed in
+the last 5 s (300 s while its table block is dirty), and looking past thousands
+of just-freed inodes costs about a millisecond of CPU per new file, so without
+the pause every tool mostly measures the deletion of its previous copy.
 """
 
 from __future__ import annotations
@@ -29,6 +37,7 @@ from tests.harness import Services
 from tests.registry import Registry, TestImage, make_image, push_image
 
 RUNS = int(os.environ.get("BENCH_PULL_RUNS", "3"))
+SETTLE = float(os.environ.get("BENCH_PULL_SETTLE", "6"))
 LAYER_BUDGET = 64 << 20  # uncompressed bytes per host-file layer
 SOURCES = ["/usr/lib", "/usr/share", "/usr/bin", "/usr/libexec", "/usr/sbin", "/usr/include", "/usr/local"]
 
@@ -63,14 +72,32 @@ def host_layers(budget: int, count: int) -> list[bytes]:
     return layers
 
 
-def timed(fn: Callable[[], object], reset: Callable[[], object]) -> list[float]:
-    out = []
+def settle() -> None:
+    """Let freed inodes become reusable (see the module docstring)."""
+    if SETTLE > 0:
+        os.sync()
+        time.sleep(SETTLE)
+
+
+def timed_rounds(tools: dict[str, tuple[Callable[[], object], Callable[[], object]]]) -> dict[str, list[float]]:
+    """Each tool's pull times, the tools taking turns: `tools` maps name -> (pull, reset)."""
+    out: dict[str, list[float]] = {name: [] for name in tools}
+    broken: set[str] = set()
     for _ in range(RUNS):
-        reset()
-        t = time.perf_counter()
-        fn()
-        out.append(time.perf_counter() - t)
-    return out
+        for name, (fn, reset) in tools.items():
+            if name in broken:
+                continue
+            reset()
+            settle()
+            t = time.perf_counter()
+            try:
+                fn()
+            except RuntimeError as err:
+                print(f"{name}: skipped ({err})")
+                broken.add(name)
+                continue
+            out[name].append(time.perf_counter() - t)
+    return {name: times for name, times in out.items() if times}
 
 
 def run(cmd: list[str], **kw: object) -> None:
@@ -102,38 +129,32 @@ def main() -> None:
 
         svc.start("image", "api")
         cli = [sys.executable, "-m", "cli"]
+        tools: dict[str, tuple[Callable[[], object], Callable[[], object]]] = {}
 
         def berth_reset() -> None:
             subprocess.run([*cli, "rmi", ref], env=svc.env, capture_output=True)
             subprocess.run([*cli, "image", "prune", "-a", "-f"], env=svc.env, capture_output=True)
 
-        results["berth pull (CLI, unpacked)"] = timed(
-            lambda: run([*cli, "pull", "-q", ref], env=svc.env), berth_reset)
-
+        tools["berth pull (CLI, unpacked)"] = (lambda: run([*cli, "pull", "-q", ref], env=svc.env), berth_reset)
         if shutil.which("skopeo"):
             dest = base / "skopeo-oci"
-            results["skopeo copy → oci: (no unpack)"] = timed(
+            tools["skopeo copy → oci: (no unpack)"] = (
                 lambda: run(["skopeo", "copy", "-q", "--src-tls-verify=false", f"docker://{ref}", f"oci:{dest}"]),
                 lambda: shutil.rmtree(dest, ignore_errors=True))
-
+        podman = ["podman", "--root", str(base / "podman"), "--runroot", str(base / "podman-run"),
+                  "--cgroup-manager", "cgroupfs"]
+        if shutil.which("podman"):
+            tools["podman pull"] = (lambda: run([*podman, "pull", "-q", "--tls-verify=false", ref]),
+                                    lambda: subprocess.run([*podman, "rmi", "-f", ref], capture_output=True))
         with private_dockerd(base) as docker:
             if shutil.which("docker") and subprocess.run([*docker, "info"], capture_output=True).returncode == 0:
-                try:
-                    results["docker pull"] = timed(lambda: run([*docker, "pull", "-q", ref]),
-                                                   lambda: subprocess.run([*docker, "rmi", "-f", ref],
-                                                                          capture_output=True))
-                except RuntimeError as err:
-                    print(f"docker: skipped ({err})")
-                subprocess.run([*docker, "rmi", "-f", ref], capture_output=True)
+                tools["docker pull"] = (lambda: run([*docker, "pull", "-q", ref]),
+                                        lambda: subprocess.run([*docker, "rmi", "-f", ref], capture_output=True))
+            print(f"load average before: {os.getloadavg()[0]:.2f}")
+            results.update(timed_rounds(tools))
+            print(f"load average after: {os.getloadavg()[0]:.2f}")
+            subprocess.run([*docker, "rmi", "-f", ref], capture_output=True)
         if shutil.which("podman"):
-            podman = ["podman", "--root", str(base / "podman"), "--runroot", str(base / "podman-run"),
-                      "--cgroup-manager", "cgroupfs"]
-            try:
-                results["podman pull"] = timed(lambda: run([*podman, "pull", "-q", "--tls-verify=false", ref]),
-                                               lambda: subprocess.run([*podman, "rmi", "-f", ref],
-                                                                      capture_output=True))
-            except RuntimeError as err:
-                print(f"podman: skipped ({err})")
             subprocess.run([*podman, "rmi", "-af"], capture_output=True)
             subprocess.run(["umount", "-R", str(base / "podman")], capture_output=True)
     finally:

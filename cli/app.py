@@ -17,11 +17,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=N
 
 @app.callback()
 def _global(host: str = typer.Option("", "-H", "--host", envvar="BERTH_HOST",
-                                     help="API socket, e.g. unix:///run/berth/api.sock")) -> None:
+                                     help="API socket, e.g. unix:///run/berth/api.sock or tcp://HOST:2376"),
+            tlsverify: bool = typer.Option(False, "--tlsverify", "--tls",
+                                           help="Use mutual TLS (the only way to reach a tcp:// host)"),
+            tlscacert: str = typer.Option("", "--tlscacert", help="Trust certs signed only by this CA"),
+            tlscert: str = typer.Option("", "--tlscert", help="Path to the client's TLS certificate"),
+            tlskey: str = typer.Option("", "--tlskey", help="Path to the client's TLS key")) -> None:
     import os
 
     if host:
         os.environ["BERTH_HOST"] = host
+    from cli import client
+
+    client.TLS.update(verify=tlsverify or bool(tlscacert or tlscert or tlskey),
+                      cacert=tlscacert, cert=tlscert, key=tlskey)
 
 
 # Which module defines each top-level command: `berth run` imports and builds only
@@ -37,15 +46,21 @@ MODULES = {
     "cp": "copy",
     **dict.fromkeys(("network", "port"), "network"),
     "volume": "volume",
+    "compose": "compose",
+    **dict.fromkeys(("diff", "commit", "export"), "changes"),
+    "build": "build",
     **dict.fromkeys(("pause", "unpause", "restart", "rename", "update", "top", "stats", "events"), "operate"),
 }
+
+
+GLOBAL_WITH_VALUE = ("-H", "--host", "--tlscacert", "--tlscert", "--tlskey")
 
 
 def _command_name(argv: list[str]) -> str | None:
     """The first word that is not a global option (or its value)."""
     args = iter(argv)
     for arg in args:
-        if arg in ("-H", "--host"):
+        if arg in GLOBAL_WITH_VALUE:
             next(args, None)
         elif not arg.startswith("-"):
             return arg

@@ -15,6 +15,11 @@ EXIT_CODE_KEY = "berth-exit-code"
 CHUNK = 1 << 20
 
 
+# The global --tlsverify/--tlscacert/--tlscert/--tlskey options (cli/app.py); the
+# environment (BERTH_TLS_VERIFY, BERTH_CERT_PATH) fills in what they leave out.
+TLS: dict[str, Any] = {"verify": False, "cacert": "", "cert": "", "key": ""}
+
+
 class CliError(Exception):
     """One line for stderr and the exit code to leave with."""
 
@@ -38,6 +43,8 @@ class Client:
     """Thin wrappers over the Berth API, one method per call."""
 
     def __init__(self, target: str | None = None) -> None:
+        # gRPC core's own log lines (e.g. a failed TLS handshake) would break the one-line errors
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")
         import grpc
 
         from berth.api.v1 import api_pb2, api_pb2_grpc
@@ -51,8 +58,11 @@ class Client:
         self.runtime = runtime_pb2
         self.types = types_pb2
         self.target = target or host()
-        self.channel = grpc.insecure_channel(self.target, options=[
-            ("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)])
+        options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+        if self.target.startswith("tcp://"):
+            self.channel = tls_channel(self.target, options)
+        else:
+            self.channel = grpc.insecure_channel(self.target, options=options)
         self.stub = api_pb2_grpc.BerthStub(self.channel)
 
     def call(self, method: str, request: Any, **kwargs: Any) -> Any:
@@ -70,6 +80,9 @@ class Client:
     def error(self, err: Any, exit_code: int = 1) -> CliError:
         """Map a gRPC status to one line and Docker's exit codes."""
         code = err.code()
+        if (code == self.grpc.StatusCode.UNAVAILABLE and self.target.startswith("tcp://")
+                and (reason := tls_failure(err.details() or ""))):
+            return CliError(f"berth: tls: handshake with {self.target} failed: {reason}", exit_code)
         if code == self.grpc.StatusCode.UNAVAILABLE and "Permission denied" in (err.details() or ""):
             return CliError(f"permission denied while trying to connect to the Berth daemon socket at "
                             f"{self.target} (root or the `berth` group can use it)", exit_code)
@@ -94,6 +107,39 @@ class Client:
         with open(path, "rb") if path != "-" else os.fdopen(0, "rb", closefd=False) as f:
             while chunk := f.read(CHUNK):
                 yield chunk
+
+
+def tls_channel(target: str, options: list[tuple[str, Any]]) -> Any:
+    """A mutual-TLS channel to a tcp:// host; without --tlsverify there is none (never plain TCP)."""
+    import grpc
+
+    from services.common import tls
+
+    verify = TLS["verify"] or os.environ.get("BERTH_TLS_VERIFY", "").lower() not in ("", "0", "false")
+    if not verify:
+        raise CliError(f"berth: tls: {target} needs --tlsverify with a client certificate "
+                       "(Berth never uses plain TCP)", 1)
+    files = tls.client_files(TLS["cacert"], TLS["cert"], TLS["key"], os.environ.get("BERTH_CERT_PATH", ""))
+    try:
+        address = tls.listen_address(target)
+        credentials = tls.channel_credentials(files)
+    except tls.TlsError as err:
+        raise CliError(f"berth: {err}", 1) from None
+    return grpc.secure_channel(address, credentials, options=options)
+
+
+def tls_failure(details: str) -> str:
+    """Why a mutual-TLS connection failed, if gRPC's connection error says it was the handshake."""
+    lowered = details.lower()
+    if "service is not running" in lowered or "connection refused" in lowered:
+        return ""  # a downstream service, or nobody listening: not a TLS matter
+    if "certificate_verify_failed" in lowered or "certificate verify failed" in lowered:
+        return f"the server's certificate is not signed by the given CA ({details.rsplit(': ', 1)[-1].strip()})"
+    if any(m in lowered for m in ("socket closed", "connection reset", "end of tcp stream", "broken pipe")):
+        return "the server closed the handshake (is the client certificate signed by the server's CA?)"
+    if "handshake" in lowered or "ssl_error" in lowered:
+        return details.rsplit(": ", 1)[-1].strip() or details
+    return ""
 
 
 class ServiceClient:

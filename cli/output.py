@@ -115,3 +115,38 @@ def render_format(template: str, value: Any) -> str:
         return str(cur)
 
     return _TEMPLATE.sub(lookup, template.replace("\\n", "\n"))
+
+
+def write_stream(chunks: Any, out: str, what: str) -> None:
+    """Write a stream of bytes to `out`, or to stdout when `out` is empty (never a terminal).
+
+    A file is written under a temporary name and renamed at the end, so a failed
+    `save` or `export` never leaves a truncated archive under the name asked for.
+    """
+    import contextlib
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from cli.client import CliError
+
+    if not out:
+        if sys.stdout.isatty():
+            raise CliError(f"berth: cowardly refusing to {what} to a terminal. Use the -o flag or redirect", 1)
+        sink = sys.stdout.buffer
+        for data in chunks:
+            sink.write(data)
+        sink.flush()
+        return
+    target = Path(out)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent if str(target.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            for data in chunks:
+                f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise

@@ -195,3 +195,140 @@ def apply_to_run_spec(spec, *, volume: list[str], mount: list[str], tmpfs: list[
         if not sep or not host or not addr:
             raise CliError(f'berth: invalid argument "{item}" for "--add-host" flag: bad format for add-host', 125)
         net.extra_hosts.append(item)
+
+
+def parse_health_duration(flag: str, text: str) -> int:
+    """A --health-* duration ('1s', '500ms', '1m30s'; a bare '0' too) in nanoseconds."""
+    from cli.timeparse import parse_duration
+
+    if text.strip() == "0":
+        return 0
+    try:
+        return round(parse_duration(text.strip()) * 1_000_000_000)
+    except ValueError:
+        raise _bad(flag, text, f'time: invalid duration "{text}"') from None
+
+
+def apply_health(spec, *, cmd: str | None, interval: str, timeout: str, retries: int, start_period: str,  # noqa: ANN001
+                 start_interval: str, no_healthcheck: bool) -> None:
+    """Fill a RunSpec's healthcheck from the --health-* flags (Docker's: only what was set;
+    the api takes the rest from the image's HEALTHCHECK)."""
+    durations = {"interval_ns": ("--health-interval", interval), "timeout_ns": ("--health-timeout", timeout),
+                 "start_period_ns": ("--health-start-period", start_period),
+                 "start_interval_ns": ("--health-start-interval", start_interval)}
+    given = any(v for _, v in durations.values()) or cmd is not None or retries
+    if no_healthcheck:
+        if given:
+            raise CliError("berth: --no-healthcheck conflicts with --health-* options", 125)
+        spec.healthcheck.test.append("NONE")
+        return
+    if retries < 0:
+        raise CliError("berth: --health-retries cannot be negative", 125)
+    hc = spec.healthcheck
+    for field, (flag, text) in durations.items():
+        if text:
+            value = parse_health_duration(flag, text)
+            if value < 0:
+                raise CliError(f"berth: {flag} cannot be negative", 125)
+            if 0 < value < 1_000_000:
+                raise CliError(f"berth: {flag} cannot be less than 1ms", 125)
+            setattr(hc, field, value)
+    if cmd:
+        hc.test.extend(["CMD-SHELL", cmd])
+    if retries:
+        hc.retries = retries
+
+
+# ---- confinement (issue 7) ---------------------------------------------------------------
+SECURITY_OPT_KEYS = ("seccomp", "apparmor", "no-new-privileges", "label")
+
+
+def parse_device(text: str) -> dict:
+    """--device HOST[:CONTAINER][:PERMISSIONS] (Docker's: a lone "rwm"-like last part is permissions)."""
+    parts = text.split(":")
+    if not parts[0] or len(parts) > 3:
+        raise _bad("--device", text, "want /dev/HOST[:/dev/CONTAINER[:rwm]]")
+    host, container, perms = parts[0], "", ""
+    if len(parts) == 2:
+        if parts[1] and set(parts[1]) <= set("rwm") and not parts[1].startswith("/"):
+            perms = parts[1]
+        else:
+            container = parts[1]
+    elif len(parts) == 3:
+        container, perms = parts[1], parts[2]
+    if perms and not set(perms) <= set("rwm"):
+        raise _bad("--device", text, f'invalid device mode "{perms}"')
+    return {"host_path": host, "container_path": container, "permissions": perms}
+
+
+def parse_security_opt(text: str) -> tuple[str, str]:
+    """("seccomp", "unconfined"), ("no-new-privileges", "true"), ...; `key:value` is accepted too."""
+    key, sep, value = text.partition("=")
+    if not sep and ":" in text:
+        key, _, value = text.partition(":")
+    if key == "no-new-privileges":
+        value = value or "true"
+        if value not in ("true", "false"):
+            raise CliError(f'berth: invalid --security-opt: "{text}": no-new-privileges takes true or false', 125)
+    elif key not in SECURITY_OPT_KEYS or not value:
+        raise CliError(f'berth: invalid --security-opt: "{text}"', 125)
+    return key, value
+
+
+def _seccomp_value(value: str) -> str:
+    """'unconfined' stays; anything else is a profile file, sent as its JSON text."""
+    if value == "unconfined":
+        return value
+    import json
+
+    try:
+        with open(value) as f:
+            text = f.read((1 << 20) + 1)
+    except OSError as err:
+        raise CliError(f"berth: opening seccomp profile ({value}) failed: {err.strerror}", 125) from None
+    try:
+        json.loads(text)
+    except ValueError as err:
+        raise CliError(f"berth: decoding seccomp profile ({value}) failed: {err}", 125) from None
+    return text
+
+
+def apply_security(sec, *, privileged: bool, cap_add: list[str], cap_drop: list[str], device: list[str],  # noqa: ANN001
+                   security_opt: list[str], userns: str) -> None:
+    """Fill a runtime Security message from the run/create flags (the runtime checks names and paths)."""
+    sec.privileged = privileged
+    sec.cap_add.extend(c for item in cap_add for c in item.split(",") if c)
+    sec.cap_drop.extend(c for item in cap_drop for c in item.split(",") if c)
+    for item in device:
+        sec.devices.add(**parse_device(item))
+    for item in security_opt:
+        key, value = parse_security_opt(item)
+        if key == "seccomp":
+            sec.seccomp = _seccomp_value(value)
+        elif key == "apparmor":
+            sec.apparmor = value
+        elif key == "no-new-privileges":
+            sec.no_new_privileges = value == "true"
+    if userns not in ("", "host", "auto"):
+        raise CliError(f'berth: invalid argument "{userns}" for "--userns" flag: want host or auto', 125)
+    sec.userns = userns
+
+
+def security_json(sec) -> dict:  # noqa: ANN001 - a runtime Security message
+    """Docker's HostConfig keys for `inspect`."""
+    opts = []
+    if sec.seccomp:
+        opts.append("seccomp=unconfined" if sec.seccomp == "unconfined" else "seccomp=<profile>")
+    if sec.apparmor:
+        opts.append(f"apparmor={sec.apparmor}")
+    if sec.no_new_privileges:
+        opts.append("no-new-privileges")
+    return {
+        "Privileged": sec.privileged,
+        "CapAdd": list(sec.cap_add) or None,
+        "CapDrop": list(sec.cap_drop) or None,
+        "SecurityOpt": opts or None,
+        "UsernsMode": sec.userns,
+        "Devices": [{"PathOnHost": d.host_path, "PathInContainer": d.container_path or d.host_path,
+                     "CgroupPermissions": d.permissions or "rwm"} for d in sec.devices],
+    }

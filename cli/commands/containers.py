@@ -94,6 +94,9 @@ def run(
     restart: str = typer.Option("", "--restart", help="Restart policy: no, on-failure[:N], always, unless-stopped"),
     log_opt: list[str] = typer.Option([], "--log-opt", help="Log driver options: max-size, max-file"),
     detach_keys: str = typer.Option(DEFAULT_DETACH_KEYS, "--detach-keys", help="Key sequence to detach"),
+    # Pulling a missing image (issue 3): credentials come from config.json, like `pull`.
+    pull: str = typer.Option("missing", "--pull", help='Pull image before running ("always", "missing", "never")'),
+    platform: str = typer.Option("", "--platform", help="Set platform if server is multi-platform capable"),
     # Networks and storage (issue 5): parsed by cli/specs.py.
     volume: list[str] = typer.Option([], "-v", "--volume", help="Bind mount a volume: [SRC:]DST[:ro|rw|...]"),
     mount: list[str] = typer.Option([], "--mount", help="Attach a filesystem mount: type=bind|volume|tmpfs,..."),
@@ -106,6 +109,24 @@ def run(
     dns: list[str] = typer.Option([], "--dns", help="Custom DNS servers"),
     dns_search: list[str] = typer.Option([], "--dns-search", help="Custom DNS search domains"),
     add_host: list[str] = typer.Option([], "--add-host", help="Add a host-to-IP mapping (host:ip)"),
+    # Confinement (issue 7): parsed by cli/specs.py, checked by the runtime.
+    privileged: bool = typer.Option(False, "--privileged", help="Give extended privileges to this container"),
+    cap_add: list[str] = typer.Option([], "--cap-add", help="Add Linux capabilities (or ALL)"),
+    cap_drop: list[str] = typer.Option([], "--cap-drop", help="Drop Linux capabilities (or ALL)"),
+    device: list[str] = typer.Option([], "--device", help="Add a host device: /dev/x[:/dev/y[:rwm]]"),
+    security_opt: list[str] = typer.Option([], "--security-opt", help="Security options: seccomp=unconfined|"
+                                           "PROFILE.json, apparmor=PROFILE, no-new-privileges"),
+    userns: str = typer.Option("", "--userns", help="User namespace to use: host, or auto (a private id range)"),
+    # Health checks (issue 8): parsed by cli/specs.py, merged with the image's by the api.
+    health_cmd: str = typer.Option(None, "--health-cmd", help="Command to run to check health"),
+    health_interval: str = typer.Option("", "--health-interval", help="Time between running the check (ms|s|m|h)"),
+    health_timeout: str = typer.Option("", "--health-timeout", help="Maximum time to allow one check to run"),
+    health_retries: int = typer.Option(0, "--health-retries", help="Consecutive failures needed to report unhealthy"),
+    health_start_period: str = typer.Option("", "--health-start-period",
+                                            help="Start period for the container to initialize"),
+    health_start_interval: str = typer.Option("", "--health-start-interval",
+                                              help="Time between running the check during the start period"),
+    no_healthcheck: bool = typer.Option(False, "--no-healthcheck", help="Disable any container-specified HEALTHCHECK"),
 ) -> None:
     """Create and run a new container from an image."""
     # Registered as `create` too: same flags, the command name decides.
@@ -120,6 +141,12 @@ def run(
     specs.apply_to_run_spec(spec, volume=volume, mount=mount, tmpfs=tmpfs, read_only=read_only, publish=publish,
                             network=network, network_alias=network_alias, ip=ip, dns=dns, dns_search=dns_search,
                             add_host=add_host)
+    specs.apply_security(spec.security, privileged=privileged, cap_add=cap_add, cap_drop=cap_drop, device=device,
+                         security_opt=security_opt, userns=userns)
+    specs.apply_health(spec, cmd=health_cmd, interval=health_interval, timeout=health_timeout, retries=health_retries,
+                       start_period=health_start_period, start_interval=health_start_interval,
+                       no_healthcheck=no_healthcheck)
+    _pull_settings(client, spec, image, pull, platform)
     try:
         keys = parse_detach_keys(detach_keys)
     except ValueError as err:
@@ -148,8 +175,16 @@ def run(
     if tty and not detach:
         signal.signal(signal.SIGHUP, _hang_up)  # a closed terminal: leave cleanly, the container runs on
 
+    from cli.commands.registry import RunPullView
+
+    pull_view = RunPullView(raw_terminal=tty and interactive and not detach)
+
     def handle(resp) -> int | None:  # noqa: ANN001
         kind = resp.WhichOneof("item")
+        if kind == "pull":
+            pull_view(resp.pull)
+            return None
+        pull_view.close()
         if kind == "output":
             write_output(resp.output.data, resp.output.stream == client.types.Output.STDERR)
         elif kind == "container_id" and detach:
@@ -164,7 +199,25 @@ def run(
         e = client.error(err)
         e.exit_code = 125 if e.exit_code == 1 else e.exit_code
         raise e from None
+    finally:
+        pull_view.close()
     raise typer.Exit(exit_code or 0)
+
+
+def _pull_settings(client: Client, spec: Any, image: str, pull: str, platform: str) -> None:
+    """--pull, --platform and the registry's credentials from config.json, for a missing image."""
+    from cli.commands.registry import auth_for, registry_of
+
+    if pull not in ("always", "missing", "never"):
+        raise CliError(f"berth: invalid pull option: '{pull}': must be one of \"always\", \"missing\" or \"never\"",
+                       125)
+    spec.pull = pull
+    spec.platform = platform
+    try:
+        spec.registry_auth.CopyFrom(auth_for(client, registry_of(image)))
+    except CliError as err:
+        err.exit_code = 125
+        raise
 
 
 def _hang_up(_signum: int, _frame: object) -> None:
@@ -194,10 +247,22 @@ def _each(names: list[str], fn) -> None:  # noqa: ANN001
         raise CliError("", 1)
 
 
-def start(containers: list[str] = typer.Argument(...)) -> None:
+def start(containers: list[str] = typer.Argument(...),
+          attach: bool = typer.Option(False, "-a", "--attach", help="Attach STDOUT/STDERR and forward signals"),
+          interactive: bool = typer.Option(False, "-i", "--interactive", help="Attach container's STDIN"),
+          detach_keys: str = typer.Option(DEFAULT_DETACH_KEYS, "--detach-keys",
+                                          help="Override the key sequence for detaching a container")) -> None:
     """Start one or more stopped containers."""
     client = Client()
-    _each(containers, lambda c: client.call("StartContainer", client.api.ContainerRequest(id=c)))
+    if not (attach or interactive):
+        _each(containers, lambda c: client.call("StartContainer", client.api.ContainerRequest(id=c)))
+        return
+    if len(containers) > 1:
+        raise CliError("berth: you cannot start and attach multiple containers at once", 1)
+    from cli.commands.interactive import attach_session
+
+    raise typer.Exit(attach_session(client, containers[0], interactive=interactive, detach_keys=detach_keys,
+                                    start=True))
 
 
 def stop(containers: list[str] = typer.Argument(...),
@@ -240,7 +305,10 @@ def _status(c) -> str:  # noqa: ANN001
     now = time.time()
     if c.status == "running":
         up = "Up " + output.human_duration(now - c.started_unix_nano / 1e9)
-        return up + " (Paused)" if c.paused else up
+        if c.paused:
+            return up + " (Paused)"
+        return up + {"starting": " (health: starting)", "healthy": " (healthy)", "unhealthy": " (unhealthy)"}.get(
+            c.health.status, "")
     if c.status == "exited":
         return f"Exited ({c.exit_code}) " + output.ago(c.finished_unix_nano / 1e9)
     return c.status.capitalize()
@@ -335,6 +403,7 @@ def container_json(c) -> dict:  # noqa: ANN001
             "Error": c.error,
             "StartedAt": output.rfc3339(c.started_unix_nano),
             "FinishedAt": output.rfc3339(c.finished_unix_nano),
+            **({"Health": _health_json(c.health)} if c.health.status else {}),
         },
         "Image": spec.image_id,
         "LogPath": c.log_path,
@@ -350,6 +419,7 @@ def container_json(c) -> dict:  # noqa: ANN001
             "CpuQuota": res.cpu_quota_us,
             "CpuPeriod": res.cpu_period_us,
             "PidsLimit": res.pids_limit or None,
+            **specs.security_json(spec.security),
         },
         "GraphDriver": {"Name": "overlay2", "Data": {
             "LowerDir": ":".join(spec.rootfs.lowerdirs), "UpperDir": spec.rootfs.upperdir,
@@ -366,8 +436,26 @@ def container_json(c) -> dict:  # noqa: ANN001
             "Labels": dict(spec.labels),
             "StopSignal": spec.stop_signal,
             "StopTimeout": spec.stop_timeout if spec.stop_timeout >= 0 else None,
+            **({"Healthcheck": _healthcheck_json(spec.healthcheck)} if spec.healthcheck.test else {}),
         },
     }
+
+
+def _health_json(h) -> dict:  # noqa: ANN001 - a runtime_pb2.Health
+    """Docker's State.Health."""
+    return {"Status": h.status, "FailingStreak": h.failing_streak,
+            "Log": [{"Start": output.rfc3339(e.start_unix_nano), "End": output.rfc3339(e.end_unix_nano),
+                     "ExitCode": e.exit_code, "Output": e.output} for e in h.log]}
+
+
+def _healthcheck_json(hc) -> dict:  # noqa: ANN001 - a types_pb2.HealthCheck
+    """Docker's Config.Healthcheck: durations in nanoseconds, unset ones left out."""
+    out: dict = {"Test": list(hc.test)}
+    for key, value in (("Interval", hc.interval_ns), ("Timeout", hc.timeout_ns), ("StartPeriod", hc.start_period_ns),
+                       ("StartInterval", hc.start_interval_ns), ("Retries", hc.retries)):
+        if value:
+            out[key] = value
+    return out
 
 
 def inspect(targets: list[str] = typer.Argument(...),

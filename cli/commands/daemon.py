@@ -56,12 +56,40 @@ def _healthy(socket: Path) -> bool:
         return False
 
 
+def _tls_env(hosts: list[str], tls: bool, cacert: str, cert: str, key: str) -> dict[str, str]:
+    """BERTH_TLS_* for the api from `-H tcp://... --tls ...`; plain TCP is refused here already."""
+    from services.common import tls as mtls
+
+    tcp = [h for h in hosts if not h.startswith("unix://")]
+    if not tcp and not tls:
+        return {}
+    if len(tcp) != 1:
+        raise CliError("berth: tls: --tls needs exactly one -H tcp://HOST:PORT", 1)
+    if not tls or not (cacert and cert and key):
+        raise CliError(f"berth: tls: -H {tcp[0]} needs --tls --tlscacert --tlscert --tlskey "
+                       "(the API is never served on plain TCP)", 1)
+    files = mtls.TlsFiles(Path(cacert).absolute(), Path(cert).absolute(), Path(key).absolute())
+    try:
+        address = mtls.listen_address(tcp[0])
+        files.read()
+    except mtls.TlsError as err:
+        raise CliError(f"berth: {err}", 1) from None
+    return {"BERTH_TLS_LISTEN": address, "BERTH_TLS_CACERT": str(files.cacert),
+            "BERTH_TLS_CERT": str(files.cert), "BERTH_TLS_KEY": str(files.key)}
+
+
 @daemon_app.command()
-def start(timeout: float = typer.Option(30.0, help="Seconds to wait for the services to be healthy")) -> None:
+def start(timeout: float = typer.Option(30.0, help="Seconds to wait for the services to be healthy"),
+          hosts: list[str] = typer.Option([], "-H", "--host", help="Also serve the API on tcp://HOST:PORT (--tls)"),
+          tls: bool = typer.Option(False, "--tls", "--tlsverify", help="Serve TCP with mutual TLS only"),
+          tlscacert: str = typer.Option("", "--tlscacert", help="CA that client certificates must chain to"),
+          tlscert: str = typer.Option("", "--tlscert", help="The server's certificate"),
+          tlskey: str = typer.Option("", "--tlskey", help="The server's key")) -> None:
     """Start the image, runtime and api services in the background."""
     cfg = _cfg()
     if os.geteuid() != 0:
         raise CliError("berth: the daemon must run as root", 1)
+    api_env = _tls_env(hosts, tls, tlscacert, tlscert, tlskey)
     cfg.run_dir.mkdir(parents=True, exist_ok=True)
     log_dir = cfg.root_dir / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -70,8 +98,9 @@ def start(timeout: float = typer.Option(30.0, help="Seconds to wait for the serv
             print(f"{name}: already running")
             continue
         with open(log_dir / f"{name}.log", "ab") as log:
+            env = {**os.environ, **api_env} if name == "api" and api_env else None
             proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], stdin=subprocess.DEVNULL,
-                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         _pid_file(cfg, name).write_text(str(proc.pid))
         deadline = time.monotonic() + timeout
         while not _healthy(cfg.socket_for(name)):
@@ -81,7 +110,8 @@ def start(timeout: float = typer.Option(30.0, help="Seconds to wait for the serv
             if time.monotonic() > deadline:
                 raise CliError(f"berth: the {name} service did not become healthy in {timeout:.0f}s", 1)
             time.sleep(0.05)
-        print(f"{name}: running (pid {proc.pid}, unix://{cfg.socket_for(name)})")
+        tcp = f", tcp://{api_env['BERTH_TLS_LISTEN']} with mutual TLS" if name == "api" and api_env else ""
+        print(f"{name}: running (pid {proc.pid}, unix://{cfg.socket_for(name)}{tcp})")
 
 
 @daemon_app.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -17,6 +18,11 @@ image_app = typer.Typer(help="Manage images", no_args_is_help=True)
 def image_json(img) -> dict:  # noqa: ANN001
     """Docker's `image inspect` shape."""
     cfg = img.config
+    try:
+        raw = json.loads(img.config_json or "{}")
+    except ValueError:
+        raw = {}
+    extra = {k: v for k, v in (raw.get("config") or {}).items() if k in ("Healthcheck", "OnBuild", "Shell")}
     return {
         "Id": img.id,
         "RepoTags": list(img.repo_tags),
@@ -35,7 +41,9 @@ def image_json(img) -> dict:  # noqa: ANN001
             "StopSignal": cfg.stop_signal or None,
             "ExposedPorts": {p: {} for p in cfg.exposed_ports} or None,
             "Volumes": {v: {} for v in cfg.volumes} or None,
+            **extra,
         },
+        "Author": raw.get("author", ""),
         "RootFS": {"Type": "layers", "Layers": list(img.diff_ids)},
         "Metadata": {"ManifestDigest": img.manifest_digest},
     }

@@ -45,11 +45,19 @@ def attach(container: str = typer.Argument(...),
            detach_keys: str = typer.Option(DEFAULT_DETACH_KEYS, "--detach-keys",
                                            help="Key sequence for detaching a container")) -> None:
     """Attach local standard input, output, and error streams to a running container."""
+    raise typer.Exit(attach_session(Client(), container, interactive=not no_stdin, detach_keys=detach_keys))
+
+
+def attach_session(client: Client, container: str, *, interactive: bool, detach_keys: str,
+                   start: bool = False) -> int:
+    """Attach (`attach`, or `start -a` with `start`) and stream until exit or detach.
+
+    With a TTY, the terminal goes raw; without one, signals are forwarded by the
+    container's own stop signal path (Ctrl-C detaches `attach` like Docker's --sig-proxy)."""
     keys = _keys(detach_keys)
-    client = Client()
     info = client.call("InspectContainer", client.api.ContainerRequest(id=container))
     tty = info.spec.tty
-    interactive = info.spec.open_stdin and not no_stdin
+    interactive = info.spec.open_stdin and interactive
     if tty and interactive and not os.isatty(0):
         raise CliError("the input device is not a TTY", 1)
     rt = client.runtime
@@ -59,11 +67,11 @@ def attach(container: str = typer.Argument(...),
                       close_request=lambda: rt.AttachRequest(close_stdin=True))
     signal.signal(signal.SIGHUP, _leave)
     try:
-        code = session.run(rt.AttachRequest(id=container), client.stub.AttachContainer, _handler(client),
-                           on_started=session.resize if tty else None)
+        code = session.run(rt.AttachRequest(id=info.id, start=start), client.stub.AttachContainer,
+                           _handler(client), on_started=session.resize if tty else None)
     except client.grpc.RpcError as err:
         raise client.error(err) from None
-    raise typer.Exit(code or 0)
+    return code or 0
 
 
 EXEC_SETTINGS = {"allow_interspersed_args": False, "help_option_names": ["--help"]}

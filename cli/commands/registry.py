@@ -86,11 +86,75 @@ def _matches(key: str, host: str) -> bool:
     return server_key(key) == server_key(host)
 
 
-def auth_for(client: Client, host: str) -> Any:
-    """The RegistryAuth message for `host` from config.json (empty if none)."""
+# ---- credential helpers (config.json `credHelpers` / `credsStore`) ---------------
+
+HELPER_NOT_FOUND = "credentials not found in native keychain"
+TOKEN_USERNAME = "<token>"  # a helper's way of returning an identity token
+
+
+def _helper_for(doc: dict[str, Any], host: str) -> str:
+    """The helper Docker would use for `host`: its credHelpers entry, else credsStore, else none."""
+    helpers = doc.get("credHelpers") or {}
+    if isinstance(helpers, dict):
+        for key, name in helpers.items():
+            if isinstance(name, str) and name and _matches(key, host):
+                return name
+    store = doc.get("credsStore")
+    return store if isinstance(store, str) else ""
+
+
+def _run_helper(name: str, action: str, payload: str) -> str | None:
+    """`docker-credential-<name> <action>` with `payload` on stdin; None if it has no credentials."""
+    import subprocess
+
+    program = f"docker-credential-{name}"
+    try:
+        r = subprocess.run([program, action], input=payload, capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise CliError(f'berth: error getting credentials - err: exec: "{program}": executable file not found '
+                       "in $PATH", 1) from None
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise CliError(f"berth: error getting credentials from {program}: {exc}", 1) from None
+    if r.returncode != 0:
+        out = (r.stdout.strip() or r.stderr.strip()).splitlines()
+        if out and HELPER_NOT_FOUND in out[0]:
+            return None
+        raise CliError(f"berth: error getting credentials - {program} {action}: "
+                       f"{out[0] if out else f'exit status {r.returncode}'}", 1)
+    return r.stdout
+
+
+def _helper_server(host: str) -> str:
+    """What Docker hands a helper: the index URL for Docker Hub, else the host."""
+    return server_key(host)
+
+
+def _from_helper(name: str, host: str) -> Any:
     from berth.image.v1 import registry_pb2
 
-    for key, entry in (_read_config().get("auths") or {}).items():
+    out = _run_helper(name, "get", _helper_server(host))
+    if out is None:
+        return registry_pb2.RegistryAuth()
+    try:
+        doc = json.loads(out)
+        user, secret = str(doc.get("Username") or ""), str(doc.get("Secret") or "")
+    except (ValueError, AttributeError):
+        raise CliError(f"berth: error getting credentials - docker-credential-{name} get: invalid JSON", 1) from None
+    if user == TOKEN_USERNAME:
+        return registry_pb2.RegistryAuth(identity_token=secret)
+    return registry_pb2.RegistryAuth(username=user, password=secret)
+
+
+def auth_for(client: Client, host: str) -> Any:
+    """The RegistryAuth message for `host`: from its credential helper if config.json names
+    one (credHelpers, then credsStore, as Docker does), else from `auths` (empty if none)."""
+    from berth.image.v1 import registry_pb2
+
+    doc = _read_config()
+    helper = _helper_for(doc, host)
+    if helper:
+        return _from_helper(helper, host)
+    for key, entry in (doc.get("auths") or {}).items():
         if not isinstance(entry, dict) or not _matches(key, host):
             continue
         user, password = entry.get("username", ""), entry.get("password", "")
@@ -120,20 +184,26 @@ def images_client() -> ServiceClient:
 
 
 class PlainProgress:
-    """Docker's non-terminal output: one line per layer status change, no byte counts."""
+    """Docker's non-terminal output: one line per layer status change, no byte counts.
 
-    def __init__(self) -> None:
+    `end` is "\r\n" when the terminal is in raw mode (`run -it`), where a bare
+    newline would not return the cursor.
+    """
+
+    def __init__(self, file: Any = None, end: str = "\n") -> None:
         self.last: dict[str, str] = {}
+        self.file = file
+        self.end = end
 
     def status(self, text: str) -> None:
-        print(text, flush=True)
+        print(text, end=self.end, file=self.file or sys.stdout, flush=True)
 
     def layer(self, layer: Any) -> None:
         if layer.status in ("Downloading", "Pushing", "Extracting"):
             return
         if self.last.get(layer.id) != layer.status:
             self.last[layer.id] = layer.status
-            print(f"{layer.id}: {layer.status}", flush=True)
+            print(f"{layer.id}: {layer.status}", end=self.end, file=self.file or sys.stdout, flush=True)
 
     def close(self) -> None:
         pass
@@ -142,11 +212,11 @@ class PlainProgress:
 class RichProgress:
     """Bars per layer on a terminal, with bytes and speed, like `docker pull`."""
 
-    def __init__(self) -> None:
+    def __init__(self, stderr: bool = False) -> None:
         from rich.console import Console
         from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-        self.console = Console()
+        self.console = Console(stderr=stderr)
         self.progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(),
                                  TransferSpeedColumn(), console=self.console, transient=False)
         self.tasks: dict[str, Any] = {}
@@ -161,7 +231,8 @@ class RichProgress:
         if task is None:
             self.tasks[layer.id] = self.progress.add_task(desc, total=layer.total or None, completed=layer.current)
             return
-        done = layer.status in ("Pull complete", "Already exists", "Pushed", "Layer already exists") or \
+        done = layer.status in ("Pull complete", "Already exists", "Pushed", "Layer already exists",
+                                "Skipped foreign layer") or \
             layer.status.startswith("Mounted from")
         self.progress.update(task, description=desc, completed=layer.total if done else layer.current,
                              total=layer.total or None)
@@ -196,6 +267,33 @@ def _follow(responses: Iterator[Any], quiet: bool) -> Any:
     return result
 
 
+class RunPullView:
+    """How `run`/`create` show the pull of a missing image: on stderr, like `docker run`
+    ("Unable to find image 'x' locally", then the pull's own lines); bars on a terminal
+    unless it is in raw mode for `-it`, plain lines otherwise."""
+
+    def __init__(self, raw_terminal: bool = False) -> None:
+        self.raw = raw_terminal
+        self.view: Any = None
+
+    def __call__(self, progress: Any) -> None:
+        if self.view is None:
+            if sys.stderr.isatty() and not self.raw:
+                self.view = RichProgress(stderr=True)
+            else:
+                self.view = PlainProgress(sys.stderr, "\r\n" if self.raw and sys.stderr.isatty() else "\n")
+        kind = progress.WhichOneof("item")
+        if kind == "status":
+            self.view.status(progress.status)
+        elif kind == "layer":
+            self.view.layer(progress.layer)
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.close()
+            self.view = None
+
+
 def _qualified(ref: str) -> str:
     """Docker prints the fully qualified name at the end of a pull."""
     host = registry_of(ref)
@@ -215,7 +313,9 @@ def pull(name: str = typer.Argument(..., metavar="NAME[:TAG|@DIGEST]"),
     api = images_client()
     req = api.pb.PullRequest(reference=name, platform=platform, auth=auth_for(api.client, registry_of(name)))
     result = _follow(api.stream("Pull", req), quiet)
-    if result is not None:
+    if result is not None and quiet:
+        print(result.digest)  # the issue's contract: `pull -q` prints only the digest
+    elif result is not None:
         ref = result.reference
         if "@" not in ref and ":" not in ref.rsplit("/", 1)[-1]:
             ref += ":latest"
@@ -223,13 +323,39 @@ def pull(name: str = typer.Argument(..., metavar="NAME[:TAG|@DIGEST]"),
 
 
 def push(name: str = typer.Argument(..., metavar="NAME[:TAG]"),
+         all_tags: bool = typer.Option(False, "-a", "--all-tags", help="Push all tags of an image to the repository"),
          quiet: bool = typer.Option(False, "-q", "--quiet", help="Suppress verbose output")) -> None:
     """Upload an image to a registry."""
     api = images_client()
-    req = api.pb.PushRequest(reference=name, auth=auth_for(api.client, registry_of(name)))
-    result = _follow(api.stream("Push", req), quiet)
-    if quiet and result is not None:
-        print(_qualified(result.reference))
+    auth = auth_for(api.client, registry_of(name))
+    refs = _all_tags(api.client, name) if all_tags else [name]
+    for i, ref in enumerate(refs):
+        responses = api.stream("Push", api.pb.PushRequest(reference=ref, auth=auth))
+        if i:  # Docker names the repository once for the whole -a push
+            responses = (m for m in responses if not (m.WhichOneof("item") == "status"
+                                                      and m.status.startswith("The push refers to repository")))
+        result = _follow(responses, quiet)
+        if quiet and result is not None:
+            print(_qualified(result.reference))
+
+
+def _familiar_repo(repo: str) -> str:
+    """`docker.io/library/busybox` and `busybox` alike -> `busybox`."""
+    repo = repo.removeprefix("index.docker.io/").removeprefix("docker.io/")
+    return repo.removeprefix("library/") if registry_of(repo) == DOCKER_HUB else repo
+
+
+def _all_tags(client: Client, name: str) -> list[str]:
+    """Every local tag of the repository `name` (which must not carry a tag), sorted."""
+    last = name.rsplit("/", 1)[-1]
+    if "@" in name or ":" in last:
+        raise CliError("berth: tag can't be used with --all-tags/-a", 1)
+    imgs = client.call("ListImages", client.image.ListImagesRequest(reference=name)).images
+    want = _familiar_repo(name)
+    tags = sorted({t for img in imgs for t in img.repo_tags if _familiar_repo(t.rsplit(":", 1)[0]) == want})
+    if not tags:
+        raise CliError(f"berth: An image does not exist locally with the tag: {name}", 1)
+    return tags
 
 
 def login(server: str = typer.Argument("", help="Registry host[:port]; Docker Hub if omitted"),
@@ -268,6 +394,12 @@ def login(server: str = typer.Argument("", help="Registry host[:port]; Docker Hu
     entry: dict[str, str] = {"auth": base64.b64encode(f"{username}:{password}".encode()).decode()}
     if resp.identity_token:
         entry = {"identitytoken": resp.identity_token}
+    helper = _helper_for(doc, key)
+    if helper:  # the secret goes to the helper; config.json only records the server, like Docker
+        secret_user, secret = (TOKEN_USERNAME, resp.identity_token) if resp.identity_token else (username, password)
+        _run_helper(helper, "store", json.dumps({"ServerURL": _helper_server(key), "Username": secret_user,
+                                                 "Secret": secret}))
+        entry = {}
     auths[key] = entry
     _write_config(doc)
     print(resp.status or "Login Succeeded")
@@ -279,7 +411,10 @@ def logout(server: str = typer.Argument("", help="Registry host[:port]; Docker H
     doc = _read_config()
     auths = doc.get("auths") or {}
     found = [k for k in auths if _matches(k, key)]
-    if not found:
+    helper = _helper_for(doc, key)
+    if helper:
+        _run_helper(helper, "erase", _helper_server(key))
+    if not found and not helper:
         print(f"Not logged in to {server or DOCKER_HUB_KEY}")
         return
     print(f"Removing login credentials for {key}")

@@ -9,19 +9,26 @@ resolve-or-pull step `run`/`create` use when an image is missing.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Generator
+from typing import TypeVar
 
 import grpc
 
-from berth.api.v1 import images_pb2, images_pb2_grpc
+from berth.api.v1 import api_pb2, images_pb2, images_pb2_grpc
 from berth.image.v1 import image_pb2, registry_pb2, registry_pb2_grpc
 from berth.runtime.v1 import runtime_pb2
 from services.api.downstream import Downstream
 from services.api.events import EventLog
 from services.common.config import Config
+from services.common.errors import InvalidArgument
 from services.common.server import channel, map_errors
 
 log = logging.getLogger("berth.api")
+
+PULL_POLICIES = ("missing", "always", "never")
+T = TypeVar("T")
 
 
 def registry_downstream(cfg: Config) -> Downstream:
@@ -34,27 +41,86 @@ def _looks_like_id(reference: str) -> bool:
     return reference.startswith("sha256:") or (len(text) == 64 and all(c in "0123456789abcdef" for c in text))
 
 
+def _familiar_with_tag(reference: str) -> str:
+    """`busybox` -> `busybox:latest`, as Docker names an image it is about to pull."""
+    last = reference.rsplit("/", 1)[-1]
+    if "@" in reference or ":" in last:
+        return reference
+    return reference + ":latest"
+
+
+def check_pull_policy(policy: str) -> str:
+    """Docker's `--pull` values; "" means the default, "missing"."""
+    policy = policy or "missing"
+    if policy not in PULL_POLICIES:
+        raise InvalidArgument(f"invalid pull option: '{policy}': must be one of \"always\", \"missing\" or \"never\"")
+    return policy
+
+
 def ensure_image(image, registry, reference: str,  # noqa: ANN001 - Downstream-wrapped gRPC stubs
                  auth: registry_pb2.RegistryAuth | None = None, platform: str = "",
-                 on_progress: Callable[[registry_pb2.PullProgress], None] | None = None) -> image_pb2.Image:
-    """The image `reference` names, pulled first if it is not stored (Docker's `run` behaviour).
+                 on_progress: Callable[[registry_pb2.PullProgress], None] | None = None,
+                 policy: str = "missing") -> image_pb2.Image:
+    """The image `reference` names, pulled as `policy` says (Docker's `run --pull`).
 
-    Only a NOT_FOUND for a name triggers a pull: an id that is not stored
-    cannot be pulled, and any other error is the user's to see.
+    "missing": pull only when a name is not stored (an id that is not stored
+    cannot be pulled, and any error but NOT_FOUND is the user's to see);
+    "always": pull names every time; "never": only what is stored.
     """
-    try:
-        return image.Inspect(image_pb2.InspectImageRequest(reference=reference))
-    except grpc.RpcError as err:
-        if err.code() != grpc.StatusCode.NOT_FOUND or _looks_like_id(reference):
-            raise
-    log.info("image %s not found locally; pulling", reference)
+    policy = check_pull_policy(policy)
+    if policy != "always" or _looks_like_id(reference):
+        try:
+            return image.Inspect(image_pb2.InspectImageRequest(reference=reference))
+        except grpc.RpcError as err:
+            if err.code() != grpc.StatusCode.NOT_FOUND or _looks_like_id(reference) or policy == "never":
+                raise
+        log.info("image %s not found locally; pulling", reference)
+        if on_progress is not None:
+            on_progress(registry_pb2.PullProgress(
+                status=f"Unable to find image '{_familiar_with_tag(reference)}' locally"))
     request = registry_pb2.PullRequest(reference=reference, platform=platform)
     if auth is not None:
         request.auth.CopyFrom(auth)
+    result = None
     for progress in registry.Pull(request):
+        if progress.HasField("result"):
+            result = progress.result
         if on_progress is not None:
             on_progress(progress)
-    return image.Inspect(image_pb2.InspectImageRequest(reference=reference))
+    # By id: the name may have been re-tagged meanwhile by someone else's pull.
+    return image.Inspect(image_pb2.InspectImageRequest(reference=result.image_id if result and result.image_id
+                                                       else reference))
+
+
+_DONE = object()
+
+
+def relay_pull_progress(create: Callable[[Callable[[registry_pb2.PullProgress], None]], T],
+                        ) -> Generator[api_pb2.RunResponse, None, T]:
+    """Run `create(report)` on a thread; yield what it reports as RunResponse.pull; return its result.
+
+    `Run` uses it (`container = yield from ...`) so the client sees a missing
+    image's pull progress before the container id, as `docker run` shows it.
+    """
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, object] = {}
+
+    def runner() -> None:
+        try:
+            outcome["result"] = create(events.put)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the stream
+            outcome["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    threading.Thread(target=runner, name="run-create", daemon=True).start()
+    while (item := events.get()) is not _DONE:
+        if item.HasField("result"):
+            continue  # the container id ends the pull for the client; the result is internal
+        yield api_pb2.RunResponse(pull=item)
+    if "error" in outcome:
+        raise outcome["error"]  # type: ignore[misc]
+    return outcome["result"]  # type: ignore[return-value]
 
 
 class ImagesServicer(images_pb2_grpc.ImagesServicer):

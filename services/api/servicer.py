@@ -21,16 +21,18 @@ from collections.abc import Iterator
 import grpc
 
 from berth.api.v1 import api_pb2, api_pb2_grpc
-from berth.image.v1 import image_pb2
+from berth.image.v1 import image_pb2, image_pb2_grpc
 from berth.runtime.v1 import runtime_pb2
 from berth.types.v1 import types_pb2
-from services.api import network
+from services.api import commit, network
+from services.api.build import BuildRelay
 from services.api.downstream import Downstream
 from services.api.events import EventLog
-from services.api.images import ensure_image, registry_downstream
+from services.api.health import resolve as resolve_health
+from services.api.images import ensure_image, registry_downstream, relay_pull_progress
 from services.common import errors
 from services.common.config import Config
-from services.common.server import map_errors
+from services.common.server import channel, map_errors
 
 log = logging.getLogger("berth.api")
 
@@ -69,17 +71,21 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
         self.runtime = Downstream("runtime", str(cfg.runtime_socket), runtime)
         self.registry = registry_downstream(cfg)
         self._runtime_stub = runtime  # for streams we must be able to cancel (Downstream wraps them)
+        self._builder_stub = image_pb2_grpc.BuilderStub(channel(cfg.image_socket))
         self.events = events
         self.cfg = cfg
 
     # --- containers -------------------------------------------------------
 
-    def _create(self, spec: api_pb2.RunSpec) -> runtime_pb2.Container:
+    def _create(self, spec: api_pb2.RunSpec, on_pull=None) -> runtime_pb2.Container:  # noqa: ANN001 - a callback
         if not spec.image:
             raise errors.InvalidArgument("an image is required")
-        # Like Docker, `run` and `create` pull an image that is not stored yet.
-        image = ensure_image(self.image, self.registry, spec.image)
+        # Like Docker, `run` and `create` pull an image that is not stored yet (--pull).
+        image = ensure_image(self.image, self.registry, spec.image,
+                             auth=spec.registry_auth if spec.HasField("registry_auth") else None,
+                             platform=spec.platform, on_progress=on_pull, policy=spec.pull)
         args = container_args(spec, image.config)
+        healthcheck = resolve_health(spec.healthcheck, image.config.healthcheck)  # before the snapshot: may refuse
         cid = secrets.token_hex(32)
         snapshot = self.image.PrepareSnapshot(image_pb2.PrepareSnapshotRequest(key=cid, image=image.id))
         labels = dict(image.config.labels)
@@ -93,8 +99,8 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
             stop_signal=spec.stop_signal or image.config.stop_signal or "SIGTERM",
             stop_timeout=spec.stop_timeout, auto_remove=spec.auto_remove, tty=spec.tty, open_stdin=spec.interactive,
             restart_policy=spec.restart_policy, log_opts=dict(spec.log_opts), tty_rows=spec.tty_rows,
-            tty_cols=spec.tty_cols, mounts=spec.mounts, read_only=spec.read_only,
-            network=network.with_default_mode(spec.network))
+            tty_cols=spec.tty_cols, mounts=spec.mounts, read_only=spec.read_only, security=spec.security,
+            network=network.with_default_mode(spec.network), healthcheck=healthcheck)
         try:
             container = self.runtime.Create(runtime_pb2.CreateRequest(id=cid, name=spec.name, spec=rspec))
         except BaseException:
@@ -157,7 +163,7 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
         if first is None or not first.HasField("spec"):
             raise errors.InvalidArgument("the first Run request must carry the spec")
         spec = first.spec
-        container = self._create(spec)
+        container = yield from relay_pull_progress(lambda report: self._create(spec, report))
         cid = container.id
         yield api_pb2.RunResponse(container_id=cid)
         if spec.detach:
@@ -297,10 +303,13 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "id":
             raise errors.InvalidArgument("the first attach request must name the container")
-        head = runtime_pb2.AttachRequest(id=first.id, require_running=True)
+        # `start -a` starts the container once attached; a plain attach needs it running.
+        head = runtime_pb2.AttachRequest(id=first.id, require_running=not first.start, start=first.start)
         stream = self._runtime_stream("Attach", itertools.chain([head], request_iterator))
         context.add_callback(stream.cancel)
         self.events.record("container", "attach", first.id)
+        if first.start:
+            self.events.record("container", "start", first.id)
         yield from self._relay(stream, context)
 
     @map_errors
@@ -368,6 +377,24 @@ class BerthServicer(api_pb2_grpc.BerthServicer):
     @map_errors
     def RestartContainer(self, request: runtime_pb2.StopRequest, context: grpc.ServicerContext):
         return self._act("restart", self.runtime.Restart(request))
+
+    @map_errors
+    def Build(self, request_iterator: Iterator[image_pb2.BuildInput], context: grpc.ServicerContext):
+        relay = BuildRelay(self._builder_stub, self._runtime_stub, self.runtime, self.events)
+        yield from relay.run(request_iterator, context)
+
+    @map_errors
+    def DiffContainer(self, request: api_pb2.ContainerRequest, context: grpc.ServicerContext):
+        return commit.diff(self.runtime, self.image, request.id)
+
+    @map_errors
+    def CommitContainer(self, request: api_pb2.CommitContainerRequest, context: grpc.ServicerContext):
+        return commit.commit(self.runtime, self.image, self.events, request)
+
+    @map_errors
+    def ExportContainer(self, request: api_pb2.ContainerRequest, context: grpc.ServicerContext):
+        yield from commit.export(self.runtime, self.image, request.id)
+        self.events.record("container", "export", request.id)
 
     @map_errors
     def Events(self, request: api_pb2.EventsRequest, context: grpc.ServicerContext):
@@ -461,7 +488,7 @@ def matches(ev, filters: dict[str, set[str]]) -> bool:  # noqa: ANN001 - an even
     attrs = json.loads(ev.attributes or "{}")
     checks = {
         "type": {ev.type},
-        "event": {ev.action},
+        "event": {ev.action, ev.action.partition(":")[0]},  # event=health_status matches each status
         "container": {ev.actor, ev.actor[:12], attrs.get("name", "")} if ev.type == "container" else set(),
         "image": {attrs.get("image", "")} | ({ev.actor} if ev.type == "image" else set()),
     }

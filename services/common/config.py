@@ -29,6 +29,11 @@ class Config:
     cgroup_parent: str
     cgroup_root: Path
     socket_group: str
+    # Optional TCP listener of the api, served only with mutual TLS (services/common/tls.py).
+    tls_listen: str = ""
+    tls_cacert: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
 
     @property
     def image_dir(self) -> Path:
@@ -81,4 +86,8 @@ def load(environ: dict[str, str] | None = None) -> Config:
         cgroup_parent=get("cgroup_parent", "berth"),
         cgroup_root=Path(get("cgroup_root", "/sys/fs/cgroup")),
         socket_group=get("socket_group", "berth"),
+        tls_listen=get("tls_listen", ""),
+        tls_cacert=get("tls_cacert", ""),
+        tls_cert=get("tls_cert", ""),
+        tls_key=get("tls_key", ""),
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import grp
 import inspect
@@ -16,7 +17,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, OperationalError
 
 from services.common import config, errors
 
@@ -31,6 +32,15 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> None:
     if isinstance(exc, DataError):  # a value the database cannot hold (e.g. NUL in PostgreSQL text)
         context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                       "invalid argument: " + (str(exc.orig).splitlines() or ["unstorable value"])[0])
+    if isinstance(exc, OperationalError):  # locked, read-only or gone (a PostgreSQL restart): one line
+        # Not UNAVAILABLE: that says "the service is down" to the api, which would retry.
+        reason = (str(exc.orig).strip().splitlines() or ["unavailable"])[0]
+        log.warning("database unavailable: %s", reason)
+        context.abort(grpc.StatusCode.FAILED_PRECONDITION, f"database unavailable: {reason}")
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        log.warning("%s", exc)
+        context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED if exc.errno != errno.EROFS
+                      else grpc.StatusCode.FAILED_PRECONDITION, os.strerror(exc.errno).lower())
     log.exception("internal error")
     context.abort(grpc.StatusCode.INTERNAL, f"internal error: {exc}")
 
@@ -76,8 +86,10 @@ def serve(
     service_names: list[str],
     on_stop: Callable[[], None] | None = None,
     max_workers: int = 32,
+    tcp: tuple[str, grpc.ServerCredentials] | None = None,
 ) -> None:
-    """Serve until SIGTERM/SIGINT; the socket is 0660 and removed at exit."""
+    """Serve until SIGTERM/SIGINT; the socket is 0660 and removed at exit. `tcp` is an
+    extra (address, credentials) listener, only ever a secure one (services/common/tls.py)."""
     logging.basicConfig(level=os.environ.get("BERTH_LOG_LEVEL", "INFO"),
                         format=f"%(asctime)s {name} %(levelname)s %(message)s")
     socket_path.parent.mkdir(parents=True, exist_ok=True)
@@ -85,12 +97,22 @@ def serve(
         socket_path.unlink()
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix=name),
-        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)],
+        options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20),
+                 # a TCP port another process holds is an error, not a silently shared port
+                 *([("grpc.so_reuseport", 0)] if tcp else [])],
     )
     add_servicers(server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     server.add_insecure_port(f"unix://{socket_path}")
+    if tcp is not None:
+        try:
+            bound = server.add_secure_port(tcp[0], tcp[1])
+        except RuntimeError:
+            bound = 0
+        if not bound:  # exit before the socket is healthy, so `daemon start` reports it
+            log.error("%s: cannot listen on tcp://%s", name, tcp[0])
+            raise SystemExit(1)
     old_umask = os.umask(0o117)
     try:
         server.start()
@@ -100,6 +122,8 @@ def serve(
     for svc in ["", *service_names]:
         health_servicer.set(svc, health_pb2.HealthCheckResponse.SERVING)
     log.info("%s serving on %s", name, socket_path)
+    if tcp is not None:
+        log.info("%s serving on tcp://%s (mutual TLS)", name, tcp[0])
 
     done = threading.Event()
 

@@ -6,6 +6,13 @@ directories are checked with lstat (and created as real directories when
 missing), the final component is replaced, never written through, and
 hardlinks may only point at entries already inside the layer. OCI whiteouts
 become overlayfs whiteouts so the layer dirs can be overlay lowerdirs as-is.
+
+Gzip layers are inflated and hashed (the diff id) on a thread of their own, a
+few chunks ahead of the tar parser, with ISA-L's inflate when the `isal`
+package is installed (about twice as fast as zlib's), else zlib's; both
+release the GIL while they work, so inflating overlaps parsing and the file
+system calls. (Writing files from worker threads was measured too: no faster,
+since creates in one directory serialize on its lock, and more CPU.)
 """
 
 from __future__ import annotations
@@ -15,26 +22,35 @@ import gzip
 import hashlib
 import lzma
 import os
+import queue
 import shutil
 import stat
 import tarfile
 import tempfile
+import threading
 import zlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from services.common.errors import InvalidArgument
-from services.image.streams import HashingReader, Readable, close_quietly, decompressed
+from services.image.streams import CHUNK, GZIP_MAGIC, HashingReader, Peekable, Readable, close_quietly, decompressed
+
+try:  # ISA-L inflate: same format and checks as zlib's, about twice the speed
+    from isal import isal_zlib as _inflate_lib
+except ImportError:  # pragma: no cover - depends on the installed packages
+    _inflate_lib = zlib  # type: ignore[assignment]
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_META_PREFIX = ".wh..wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
 OPAQUE_XATTR = "trusted.overlay.opaque"
 TAR_BUFSIZE = 1 << 16
+SMALL_FILE = 1 << 20  # read whole and written with one write(2); larger ones are streamed
 
 # Everything a broken or truncated compressed tar can raise while being read.
-CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, lzma.LZMAError, UnicodeError)
+CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error, _inflate_lib.error, gzip.BadGzipFile, lzma.LZMAError,
+                  UnicodeError)
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -71,6 +87,36 @@ def clean_name(name: str) -> str:
 class UnpackResult:
     diff_id: str
     size: int
+
+
+def _write_file(path: str, data: bytes, info: tarfile.TarInfo) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fchown(fd, info.uid, info.gid)
+        os.fchmod(fd, info.mode & 0o7777)  # after chown: chown clears setuid bits
+        _xattrs(fd, info)
+        os.utime(fd, (info.mtime, info.mtime))
+    finally:
+        os.close(fd)
+
+
+def _write_symlink(path: str, info: tarfile.TarInfo) -> None:
+    os.symlink(info.linkname, path)
+    os.lchown(path, info.uid, info.gid)
+    _xattrs(path, info)
+    os.utime(path, (info.mtime, info.mtime), follow_symlinks=False)
+
+
+def _xattrs(target: str | int, info: tarfile.TarInfo) -> None:
+    for key, value in info.pax_headers.items():
+        if key.startswith("SCHILY.xattr."):
+            # e.g. security.* on a filesystem without it: not fatal, as in Docker
+            with contextlib.suppress(OSError):
+                os.setxattr(target, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
+                            follow_symlinks=False)
 
 
 class _Extractor:
@@ -128,12 +174,7 @@ class _Extractor:
         os.lchown(path, info.uid, info.gid)
         if not is_link:
             os.chmod(path, info.mode & 0o7777)  # after chown: chown clears setuid bits
-        for key, value in info.pax_headers.items():
-            if key.startswith("SCHILY.xattr."):
-                # e.g. security.* on a filesystem without it: not fatal, as in Docker
-                with contextlib.suppress(OSError):
-                    os.setxattr(path, key[len("SCHILY.xattr."):], value.encode("utf-8", "surrogateescape"),
-                                follow_symlinks=False)
+        _xattrs(path, info)
 
     def add(self, tar: tarfile.TarFile, info: tarfile.TarInfo) -> None:
         rel = clean_name(info.name)
@@ -154,16 +195,17 @@ class _Extractor:
             raise UnsafeEntry(f"unsafe entry in layer: {info.name!r} replaces the layer root")
         self._clear(rel, keep_dir=False)
         if info.isreg():
+            src = tar.extractfile(info)
+            assert src is not None
+            self.size += info.size
+            if info.size <= SMALL_FILE:
+                _write_file(path, src.read(), info)
+                return
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             with os.fdopen(fd, "wb") as out:
-                src = tar.extractfile(info)
-                assert src is not None
                 shutil.copyfileobj(src, out, 1 << 20)
-            self.size += info.size
         elif info.issym():
-            os.symlink(info.linkname, path)
-            self._metadata(path, info, is_link=True)
-            os.utime(path, (info.mtime, info.mtime), follow_symlinks=False)
+            _write_symlink(path, info)
             return
         elif info.islnk():
             self._hardlink(rel, info)
@@ -216,14 +258,121 @@ class _Extractor:
             os.utime(path, (mtime, mtime), follow_symlinks=False)
 
 
+_END = b""
+
+
+class _GzipInflater:
+    """Inflate (and hash) a gzip stream on a worker thread, a few chunks ahead of the reader.
+
+    Multi-member streams and zero padding after the last member are accepted,
+    like gzip(1) and Python's gzip module; a truncated stream, a bad CRC or
+    length, or trailing garbage raise in `read`, as a corrupt layer.
+    """
+
+    def __init__(self, src: Readable, ahead: int = 16) -> None:
+        self._src = src
+        self._hash = hashlib.sha256()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=ahead)
+        self._stop = threading.Event()
+        self._buf = memoryview(b"")
+        self._done = False
+        self.size = 0
+        self._thread = threading.Thread(target=self._run, name="inflate", daemon=True)
+        self._thread.start()
+
+    def _put(self, item: bytes | BaseException) -> bool:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _run(self) -> None:
+        try:
+            d = _inflate_lib.decompressobj(31)
+            started = False  # inside a member
+            while not self._stop.is_set():
+                data = self._src.read(CHUNK)
+                if not data:
+                    break
+                while data:
+                    if not started:
+                        data = data.lstrip(b"\0")  # padding between or after members
+                        if not data:
+                            break
+                        if not data.startswith(GZIP_MAGIC[:1]) or (len(data) > 1 and data[:2] != GZIP_MAGIC):
+                            raise zlib.error("trailing garbage after the gzip stream")
+                        d = _inflate_lib.decompressobj(31)
+                        started = True
+                    out = d.decompress(data)
+                    if out:
+                        self._hash.update(out)
+                        self.size += len(out)
+                        if not self._put(out):
+                            return
+                    if d.eof:
+                        started = False
+                        data = d.unused_data
+                    else:
+                        data = b""
+            if started and not d.eof:
+                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+            self._put(_END)
+        except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
+            self._put(exc)
+
+    def read(self, n: int = -1) -> bytes:
+        while not self._buf:
+            if self._done:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._done = True
+                raise item
+            if item is _END or not item:
+                self._done = True
+                self._thread.join()
+                return b""
+            self._buf = memoryview(item)
+        if n is None or n < 0 or n >= len(self._buf):
+            out, self._buf = self._buf, memoryview(b"")
+        else:
+            out, self._buf = self._buf[:n], self._buf[n:]
+        return out.tobytes()
+
+    def drain(self) -> None:
+        while self.read(CHUNK):
+            pass
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def close(self) -> None:
+        """Stop the worker (after an error the reader gives up early) and wait for it."""
+        self._stop.set()
+        self._thread.join()
+
+
+def _uncompressed(src: Readable) -> tuple[HashingReader | _GzipInflater, object]:
+    """The uncompressed, hashing stream over `src`, and what to close afterwards."""
+    peekable = src if isinstance(src, Peekable) else Peekable(src)
+    if peekable.peek(2) == GZIP_MAGIC:
+        inflater = _GzipInflater(peekable)
+        return inflater, inflater
+    stream, _ = decompressed(peekable)
+    return HashingReader(stream), stream
+
+
 def unpack(src: Readable, dest: Path | None) -> UnpackResult:
     """Decompress, hash and (unless `dest` is None) extract a layer tar.
 
     The diff id covers the whole uncompressed stream, tar padding included, so
     it matches what `sha256sum` of the uncompressed tar prints.
     """
-    stream, _ = decompressed(src)
-    hashed = HashingReader(stream)
+    hashed, stream = _uncompressed(src)
     try:
         if dest is None:
             hashed.drain()

@@ -5,7 +5,9 @@ cross-repository mount from another repository of the same registry that we
 know holds it (no bytes sent), then an upload: monolithic (POST, then one PUT
 with the whole blob) up to `chunk_size`, chunked (PATCH per chunk with
 Content-Range, then PUT) above it. The manifest goes last, by tag or by
-digest, exactly as stored, so its digest is the one we already know.
+digest, exactly as stored, so its digest is the one we already know. Foreign
+(non-distributable) layers that name URLs are not uploaded: pullers fetch
+them from those URLs.
 """
 
 from __future__ import annotations
@@ -185,6 +187,11 @@ def push(store: ImageStore, text: str, *, creds: Credentials | None = None, sett
     for layer in reversed(doc.layers):
         progress(LayerEvent(layer.short, "Preparing", 0, layer.size))
     for layer in reversed(doc.layers):
+        if layer.media_type in distribution.FOREIGN_TYPES and layer.urls:
+            # Non-distributable: whoever pulls fetches it from its URLs (the image spec's
+            # advice, and Docker's behaviour); without URLs the registry is the only source.
+            progress(LayerEvent(layer.short, "Skipped foreign layer", layer.size, layer.size))
+            continue
         uploader.push_blob(layer, mount_sources(store, ref.domain, ref.path, layer.digest))
     uploader.push_blob(doc.config, mount_sources(store, ref.domain, ref.path, doc.config.digest), show=False)
 

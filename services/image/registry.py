@@ -81,11 +81,20 @@ class Credentials:
 
 @dataclass(frozen=True)
 class Settings:
-    """Registry settings: mirrors for Docker Hub and registries reached over plain HTTP.
+    """Registry settings: the default registry and its mirrors, registries reached over plain HTTP.
 
-    Read from the environment (`BERTH_REGISTRY_MIRRORS`, `BERTH_INSECURE_REGISTRIES`,
-    comma-separated) or the keys `registry_mirrors` / `insecure_registries` of the
-    Berth config file; loopback registries are always plain HTTP, as in Docker.
+    Read from the environment (`BERTH_DEFAULT_REGISTRY`, and comma-separated
+    `BERTH_REGISTRY_MIRRORS`, `BERTH_INSECURE_REGISTRIES`) or the keys
+    `default_registry`, `registry_mirrors`, `insecure_registries` of the Berth
+    config file; loopback registries are always plain HTTP, as in Docker.
+
+    The default registry is where names without a registry (`busybox`, i.e.
+    `docker.io/library/busybox`) are fetched from and pushed to: Docker Hub
+    unless set (a host[:port] or URL), say an in-house registry holding the same
+    repositories. Names keep their `docker.io/` form, as with Docker's mirrors.
+    Mirrors (host[:port] or URL) are tried first for those pulls, in order; a
+    mirror that fails or lacks the image falls back to the next, then to the
+    default registry. Pushes never go to a mirror.
     """
 
     mirrors: tuple[str, ...] = ()
@@ -93,6 +102,7 @@ class Settings:
     # When set, the only registry hosts Berth may contact (`allowed_registries`): an
     # operator's guard, and how the test suite makes sure no pull leaves the machine.
     allowed: tuple[str, ...] = ()
+    default_registry: str = ""
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -111,8 +121,15 @@ class Settings:
                 raw = ",".join(val) if isinstance(val, list) else str(val)
             return tuple(x.strip().rstrip("/") for x in raw.split(",") if x.strip())
 
+        default = env.get("BERTH_DEFAULT_REGISTRY")
+        if default is None:
+            default = str(values.get("default_registry", ""))
         return cls(mirrors=items("registry_mirrors"), insecure=items("insecure_registries"),
-                   allowed=items("allowed_registries"))
+                   allowed=items("allowed_registries"), default_registry=default.strip().rstrip("/"))
+
+    def _url(self, entry: str) -> str:
+        """A configured registry as a base URL: `host:port` gets the scheme `scheme_for` picks."""
+        return entry if "://" in entry else f"{self.scheme_for(entry)}://{entry}"
 
     def scheme_for(self, host: str) -> str:
         name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
@@ -124,7 +141,8 @@ class Settings:
     def endpoints(self, domain: str, for_push: bool = False) -> list[str]:
         """Base URLs to try, in order: mirrors first for Docker Hub pulls."""
         if domain == DEFAULT_DOMAIN:
-            urls = ([] if for_push else list(self.mirrors)) + [DOCKER_HUB_ENDPOINT]
+            upstream = self._url(self.default_registry) if self.default_registry else DOCKER_HUB_ENDPOINT
+            urls = ([] if for_push else [self._url(m) for m in self.mirrors]) + [upstream]
         else:
             urls = [f"{self.scheme_for(domain)}://{domain}"]
         if self.allowed:

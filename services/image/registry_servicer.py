@@ -7,11 +7,9 @@ is cancelled at its next read and its Ingest discards everything staged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import queue
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -26,9 +24,10 @@ from services.image.registry import Credentials, RegistryClient, Settings
 from services.image.save import save
 from services.image.servicer import image_to_proto
 from services.image.store import ImageStore
+from services.image.streams import ChunkWriter
+from services.image.streams import run_streaming as _run_streaming
 
 log = logging.getLogger("berth.image")
-_DONE = object()
 SAVE_CHUNK = 1 << 20
 
 
@@ -41,43 +40,6 @@ def _event_to_proto(event: StatusLine | LayerEvent) -> registry_pb2.PullProgress
         return registry_pb2.PullProgress(status=event.text)
     return registry_pb2.PullProgress(layer=registry_pb2.LayerProgress(
         id=event.id, status=event.status, current=event.current, total=event.total))
-
-
-def _run_streaming(work: Callable[[Callable[[Any], None], threading.Event], Any],
-                   context: grpc.ServicerContext) -> Iterator[Any]:
-    """Run `work(emit, cancel)` in a thread; yield what it emits, then its result (or raise)."""
-    events: queue.Queue = queue.Queue(maxsize=1024)
-    cancel = threading.Event()
-    outcome: dict[str, Any] = {}
-
-    def emit(item: Any) -> None:
-        if not cancel.is_set():
-            events.put(item)
-
-    def runner() -> None:
-        try:
-            outcome["result"] = work(emit, cancel)
-        except BaseException as exc:  # noqa: BLE001 - handed to the stream
-            outcome["error"] = exc
-        finally:
-            events.put(_DONE)
-
-    context.add_callback(cancel.set)  # the client hung up
-    thread = threading.Thread(target=runner, name="registry-op", daemon=True)
-    thread.start()
-    try:
-        while (item := events.get()) is not _DONE:
-            yield item
-    finally:
-        if thread.is_alive():
-            cancel.set()
-            # Drain so the worker never blocks on a full queue while it winds down.
-            while thread.is_alive():
-                with contextlib.suppress(queue.Empty):
-                    events.get(timeout=0.1)
-    if "error" in outcome:
-        raise outcome["error"]
-    yield outcome.get("result")
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServicer):
@@ -136,26 +98,9 @@ class RegistryServicer(registry_pb2_grpc.RegistryServicer):
         refs = list(request.references)
         fmt = request.format or "docker-archive"
 
-        class Writer:
-            def __init__(self, emit: Callable[[Any], None], cancel: threading.Event) -> None:
-                self.emit = emit
-                self.cancel = cancel
-                self.buf = bytearray()
-
-            def write(self, data: bytes) -> int:
-                if self.cancel.is_set():
-                    raise InvalidArgument("save cancelled")
-                self.buf += data
-                if len(self.buf) >= SAVE_CHUNK:
-                    self.emit(registry_pb2.SaveChunk(data=bytes(self.buf)))
-                    self.buf.clear()
-                return len(data)
-
         def work(emit: Callable[[Any], None], cancel: threading.Event) -> None:
-            w = Writer(emit, cancel)
-            save(self.store, refs, w, fmt)
-            if w.buf:
-                emit(registry_pb2.SaveChunk(data=bytes(w.buf)))
+            with ChunkWriter(lambda data: emit(registry_pb2.SaveChunk(data=data)), cancel, SAVE_CHUNK) as w:
+                save(self.store, refs, w, fmt)
 
         for item in _run_streaming(work, context):
             if item is not None:

@@ -6,7 +6,9 @@ converts messages and lets `map_errors` turn Berth errors into statuses.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import grpc
 
@@ -15,17 +17,20 @@ from berth.types.v1 import types_pb2
 from services.common.errors import InvalidArgument
 from services.common.mount import Mount
 from services.common.server import map_errors
-from services.image import archive
+from services.image import archive, changes
+from services.image.commit import CommitOptions, commit_snapshot, find_snapshot, snap_upper
 from services.image.imageconfig import container_config, parse_config
 from services.image.store import ImageRecord, ImageStore, SnapshotRecord
+from services.image.streams import ChunkWriter, run_streaming
 
 
 def image_to_proto(rec: ImageRecord) -> image_pb2.Image:
     row = rec.row
     try:
-        cfg = parse_config(row.config_json).config
+        parsed = parse_config(row.config_json)
+        cfg, raw = parsed.config, parsed.raw.get("config") or {}
     except InvalidArgument:
-        cfg = container_config(None)
+        cfg, raw = container_config(None), {}
     return image_pb2.Image(
         id=row.id,
         repo_tags=rec.familiar_tags,
@@ -37,10 +42,31 @@ def image_to_proto(rec: ImageRecord) -> image_pb2.Image:
         diff_ids=list(row.diff_ids),
         config=image_pb2.ImageConfig(
             env=cfg.env, entrypoint=cfg.entrypoint, cmd=cfg.cmd, working_dir=cfg.working_dir, user=cfg.user,
-            labels=cfg.labels, stop_signal=cfg.stop_signal, exposed_ports=cfg.exposed_ports, volumes=cfg.volumes),
+            labels=cfg.labels, stop_signal=cfg.stop_signal, exposed_ports=cfg.exposed_ports, volumes=cfg.volumes,
+            healthcheck=healthcheck_of(raw), shell=_strings(raw.get("Shell")), onbuild=_strings(raw.get("OnBuild"))),
         config_json=row.config_json,
         manifest_digest=row.manifest_digest,
     )
+
+
+def _strings(value: object) -> list[str]:
+    return [str(v) for v in value] if isinstance(value, list) else []
+
+
+def healthcheck_of(config: dict) -> types_pb2.HealthCheck | None:
+    """The config's Docker-style "Healthcheck" ({"Test": [...], "Interval": ns, ...}) as a
+    message, so the api can resolve a container's check without parsing JSON itself."""
+    hc = config.get("Healthcheck") if isinstance(config, dict) else None
+    if not isinstance(hc, dict):
+        return None
+
+    def number(key: str) -> int:
+        value = hc.get(key)
+        return int(value) if isinstance(value, (int, float)) and value > 0 else 0
+
+    return types_pb2.HealthCheck(test=_strings(hc.get("Test")), interval_ns=number("Interval"),
+                                 timeout_ns=number("Timeout"), start_period_ns=number("StartPeriod"),
+                                 retries=number("Retries"), start_interval_ns=number("StartInterval"))
 
 
 def mount_to_proto(m: Mount) -> types_pb2.Mount:
@@ -111,3 +137,49 @@ class ImageServicer(image_pb2_grpc.ImageServiceServicer):
     def ListSnapshots(self, request: image_pb2.ListSnapshotsRequest,
                       context: grpc.ServicerContext) -> image_pb2.ListSnapshotsResponse:
         return image_pb2.ListSnapshotsResponse(snapshots=[snapshot_to_proto(s) for s in self.store.list_snapshots()])
+
+    @map_errors
+    def Commit(self, request: image_pb2.CommitRequest, context: grpc.ServicerContext) -> image_pb2.Image:
+        opts = CommitOptions(reference=request.reference, changes=list(request.changes), comment=request.comment,
+                             author=request.author, created_by=request.created_by,
+                             config=config_overrides(request.config) if request.config_set else None)
+        return image_to_proto(commit_snapshot(self.store, request.snapshot_key, opts, apply_change))
+
+    @map_errors
+    def Diff(self, request: image_pb2.DiffRequest, context: grpc.ServicerContext) -> image_pb2.DiffResponse:
+        snap = find_snapshot(self.store, request.snapshot_key)
+        kinds = {changes.ADDED: image_pb2.Change.ADDED, changes.MODIFIED: image_pb2.Change.MODIFIED,
+                 changes.DELETED: image_pb2.Change.DELETED}
+        found = changes.diff(snap_upper(snap), list(snap.mount.lowerdirs))
+        return image_pb2.DiffResponse(changes=[image_pb2.Change(kind=kinds[c.kind], path=c.path) for c in found])
+
+    @map_errors
+    def Export(self, request: image_pb2.ExportRequest, context: grpc.ServicerContext):
+        snap = find_snapshot(self.store, request.snapshot_key)
+        layers = [str(snap_upper(snap)), *snap.mount.lowerdirs]
+
+        def work(emit: Callable[[Any], None], cancel: threading.Event) -> None:
+            with ChunkWriter(lambda data: emit(image_pb2.ExportChunk(data=data)), cancel) as out:
+                changes.write_merged(layers, out)
+
+        with self.store.leased([snap.image_id]):
+            for item in run_streaming(work, context):
+                if item is not None:
+                    yield item
+
+
+def config_overrides(cfg: image_pb2.ImageConfig) -> dict[str, Any]:
+    """The container's settings that `commit` records over its image's config."""
+    out: dict[str, Any] = {"Env": list(cfg.env), "Cmd": list(cfg.cmd) or None,
+                           "Entrypoint": list(cfg.entrypoint) or None, "WorkingDir": cfg.working_dir,
+                           "User": cfg.user}
+    if cfg.labels:
+        out["Labels"] = dict(cfg.labels)
+    return out
+
+
+def apply_change(config: dict[str, Any], change: str) -> None:
+    """`commit --change`: one Dockerfile instruction applied to the config (the builder's parser)."""
+    from services.image.build.confedit import apply_config_instruction
+
+    apply_config_instruction(config, change)

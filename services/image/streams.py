@@ -13,11 +13,14 @@ import gzip
 import hashlib
 import io
 import lzma
+import queue
 import shutil
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, Protocol
+from typing import Any, BinaryIO, Protocol
+
+import grpc
 
 from services.common.errors import InvalidArgument
 
@@ -188,3 +191,71 @@ def copy(src: Readable, dst: BinaryIO) -> int:
         dst.write(data)
         n += len(data)
     return n
+
+
+_DONE = object()
+
+
+def run_streaming(work: Callable[[Callable[[Any], None], threading.Event], Any],
+                   context: grpc.ServicerContext) -> Iterator[Any]:
+    """Run `work(emit, cancel)` in a thread; yield what it emits, then its result (or raise)."""
+    events: queue.Queue = queue.Queue(maxsize=1024)
+    cancel = threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def emit(item: Any) -> None:
+        if not cancel.is_set():
+            events.put(item)
+
+    def runner() -> None:
+        try:
+            outcome["result"] = work(emit, cancel)
+        except BaseException as exc:  # noqa: BLE001 - handed to the stream
+            outcome["error"] = exc
+        finally:
+            events.put(_DONE)
+
+    context.add_callback(cancel.set)  # the client hung up
+    thread = threading.Thread(target=runner, name="image-op", daemon=True)
+    thread.start()
+    try:
+        while (item := events.get()) is not _DONE:
+            yield item
+    finally:
+        if thread.is_alive():
+            cancel.set()
+            # Drain so the worker never blocks on a full queue while it winds down.
+            while thread.is_alive():
+                with contextlib.suppress(queue.Empty):
+                    events.get(timeout=0.1)
+    if "error" in outcome:
+        raise outcome["error"]
+    yield outcome.get("result")
+
+
+class ChunkWriter:
+    """A file-like sink that hands `emit` chunks of about `size` bytes (gRPC messages),
+    and stops the writer with an error once `cancel` is set (the client went away)."""
+
+    def __init__(self, emit: Callable[[bytes], None], cancel: threading.Event, size: int = CHUNK) -> None:
+        self.emit = emit
+        self.cancel = cancel
+        self.size = size
+        self.buf = bytearray()
+
+    def write(self, data: bytes) -> int:
+        if self.cancel.is_set():
+            raise InvalidArgument("cancelled: the client went away")
+        self.buf += data
+        if len(self.buf) >= self.size:
+            self.emit(bytes(self.buf))
+            self.buf.clear()
+        return len(data)
+
+    def __enter__(self) -> ChunkWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        if exc_type is None and self.buf:
+            self.emit(bytes(self.buf))
+            self.buf.clear()

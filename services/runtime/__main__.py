@@ -8,7 +8,7 @@ import os
 from berth.runtime.v1 import runtime_pb2_grpc
 from services.common.config import load
 from services.common.server import serve
-from services.runtime import network_servicer
+from services.runtime import health, network_servicer
 from services.runtime.cgroups import new_manager
 from services.runtime.containers import Containers
 from services.runtime.servicer import RuntimeServicer
@@ -29,10 +29,13 @@ def main() -> None:
     networks, volumes, containers.plumbing = network_servicer.build(cfg.runtime_dir, cfg.runtime_db_url,
                                                                     cfg.cgroup_parent)
     networks.open()
+    monitor = health.Monitor(containers)  # before open: reconcile's exits close health states
     containers.open()
+    monitor.open()
     networks.reconcile()
 
     def stop() -> None:
+        monitor.close()
         containers.close()
         networks.close()
 

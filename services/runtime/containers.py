@@ -41,6 +41,8 @@ from services.runtime import logs
 from services.runtime.cgroups import Limits, Manager
 from services.runtime.models import Base, ContainerRecord, add_missing_columns
 from services.runtime.plumbing import NoPlumbing
+from services.runtime.security import policy as security
+from services.runtime.security import userns
 from services.runtime.supervisor.client import (
     ExecFailed,
     Stream,
@@ -247,6 +249,9 @@ class Containers:
         self._listeners_lock = threading.Lock()
         # Volumes, mounts and networks (services/runtime/plumbing.py); set by __main__.
         self.plumbing = NoPlumbing()
+        # Health checks (services/runtime/health.py): told, under the lock, when a run starts
+        # (True) or ends (False), so it can reset the record's health and (un)schedule probes.
+        self.health_hook: Callable[[ContainerRecord, bool], None] = lambda rec, running: None
 
     # ---- start-up and shutdown ----------------------------------------------------------
     def open(self) -> None:
@@ -281,12 +286,14 @@ class Containers:
         self.cgroups.remove_parent()
 
     def _watch(self, stream) -> None:  # noqa: ANN001
+        unrecorded: list[tuple[str, int, int, int]] = []  # exits the DB refused (a full disk): retried
         while not self._stopped.is_set():
             try:
                 while not self._stopped.is_set():
                     ev = stream.next(timeout=1.0)
                     if ev is not None and ev.kind == "exit":
-                        self._on_exit(ev.id, ev.pid, ev.exit_code, ev.finished_at)
+                        unrecorded.append((ev.id, ev.pid, ev.exit_code, ev.finished_at))
+                    unrecorded = [e for e in unrecorded if not self._try_on_exit(*e)]
             except (EOFError, OSError, SupervisorError) as exc:
                 stream.close()
                 if self._stopped.is_set():
@@ -319,10 +326,24 @@ class Containers:
                     except (OSError, ValueError, KeyError):
                         pass
                     self._record_exit(rec, code, finished)
+                elif rec.id in alive:  # spawned, then the runtime died before recording it: adopt it
+                    rec.status, rec.pid, rec.exit_code, rec.error = "running", alive[rec.id], 0, ""
+                    rec.started_ns, rec.finished_ns = time.time_ns(), 0
+                    self.health_hook(rec, True)
                 elif self.cgroups.exists(rec.id):
                     self._remove_cgroups(rec.id)
             s.commit()
+            self._drop_unrecorded(set(s.scalars(select(ContainerRecord.id)).all()) | set(alive))
             self.changed.notify_all()
+
+    def _drop_unrecorded(self, keep: set[str]) -> None:
+        """A crash between a container's files and its record (in create or rm) leaves a
+        directory no record reaches: it goes, with whatever cgroups and network it still holds."""
+        for entry in os.scandir(self.dir):
+            if ID_RE.match(entry.name) and entry.name not in keep:
+                log.warning("%s: removing a container directory without a record", entry.name)
+                self._remove_cgroups(entry.name)
+                shutil.rmtree(entry.path, ignore_errors=True)
 
     # ---- lookups ------------------------------------------------------------------------
     def _find(self, s, ref: str) -> ContainerRecord:  # noqa: ANN001
@@ -368,6 +389,7 @@ class Containers:
         if spec.restart_policy.name and spec.auto_remove and spec.restart_policy.name != "no":
             raise errors.InvalidArgument("can't create 'AutoRemove' container with restart policy")
         log_options(dict(spec.log_opts))
+        security.validate(spec)  # caps, devices, seccomp profile, userns (issue 7)
         self.plumbing.on_create(cid, name, spec)  # may fill in anonymous volume names
         with self.lock, self.sessions() as s:
             if s.get(ContainerRecord, cid) is not None:
@@ -383,9 +405,19 @@ class Containers:
             rec = ContainerRecord(id=cid, name=name or None, spec_json=json_format.MessageToJson(spec),
                                   status="created", pid=0, exit_code=0, oom_killed=False, created_ns=time.time_ns(),
                                   started_ns=0, finished_ns=0, error="", log_path=str(cdir / f"{cid}-json.log"))
+            if security.userns_mode(spec.security) == "auto":
+                rec.userns_base = self._allocate_userns(s)
             s.add(rec)
             s.commit()
             return rec
+
+    def _allocate_userns(self, s) -> int:  # noqa: ANN001 - a session, under self.lock
+        """A free uid/gid range: the lowest not recorded for another container (removed ones' are reused)."""
+        used = set(s.scalars(select(ContainerRecord.userns_base).where(ContainerRecord.userns_base > 0)).all())
+        try:
+            return userns.allocate(used, userns.first_id(), userns.SIZE, userns.reserved_ranges())
+        except userns.UsernsError as exc:
+            raise errors.FailedPrecondition(str(exc)) from exc
 
     def _write_files(self, cdir: Path, hostname: str) -> dict[str, str]:
         files = {"/etc/hostname": hostname + "\n", "/etc/hosts": HOSTS, "/etc/resolv.conf": resolv_conf()}
@@ -436,7 +468,8 @@ class Containers:
                 rootfs_dir=str(rootfs_dir), state_dir=str(cdir), log_path=rec.log_path, cwd=spec.cwd or "/",
                 user=spec.user, hostname=hostname, files=files, cgroup_procs=[str(p) for p in procs],
                 open_stdin=spec.open_stdin, tty=spec.tty, tty_rows=spec.tty_rows, tty_cols=spec.tty_cols,
-                log_max_size=max_size, log_max_files=max_files, **extra)
+                log_max_size=max_size, log_max_files=max_files,
+                **security.spawn_fields(spec.security, rec.userns_base or 0), **extra)
             try:
                 reply = self.sup.spawn(config.to_dict())
             except SupervisorUnavailable as exc:
@@ -457,6 +490,7 @@ class Containers:
                 self._remove_cgroups(rec.id)
             else:
                 rec.status, rec.exit_code, rec.error, rec.finished_ns = "running", 0, "", 0
+                self.health_hook(rec, True)
             s.commit()
             self.changed.notify_all()
             return rec
@@ -472,6 +506,16 @@ class Containers:
         rec.oom_killed = self.cgroups.oom_killed(rec.id)
         self._remove_cgroups(rec.id)
         rec.status, rec.exit_code, rec.finished_ns = "exited", code, finished_ns
+        self.health_hook(rec, False)
+
+    def _try_on_exit(self, cid: str, pid: int, code: int, finished_ns: int) -> bool:
+        """Record an exit; False (logged) if it cannot be recorded yet, so the watcher lives on."""
+        try:
+            self._on_exit(cid, pid, code, finished_ns)
+        except Exception as exc:  # noqa: BLE001 - e.g. "database or disk is full": retried each second
+            log.warning("%s: cannot record its exit yet: %s", cid, str(exc).splitlines()[0])
+            return False
+        return True
 
     def _on_exit(self, cid: str, pid: int, code: int, finished_ns: int) -> None:
         with self.lock, self.sessions() as s:
@@ -660,8 +704,9 @@ class Containers:
         threading.Thread(target=run, name=f"input-{target[:12]}", daemon=True).start()
 
     def attach(self, ref: str, is_active: Callable[[], bool] = lambda: True, inputs: Iterable[Input] | None = None,
-               require_running: bool = False) -> Iterator[AttachEvent]:
-        """Subscribed, then output chunks, then the exit code; subscribing before Start loses nothing.
+               require_running: bool = False, start: bool = False) -> Iterator[AttachEvent]:
+        """Subscribed, then output chunks, then the exit code; subscribing before Start loses nothing
+        (with `start`, the container is started here, once subscribed: `start -a`).
 
         Several clients may attach at once; each one's input reaches the container's stdin.
         A client going away (or detaching) ends only its own subscription.
@@ -674,9 +719,15 @@ class Containers:
             raise errors.FailedPrecondition("You cannot attach to a paused container, unpause it first")
         stream = self.sup.subscribe(cid)
         try:
-            self._pump(stream, cid, inputs)
+            if not start:
+                self._pump(stream, cid, inputs)
             yield AttachEvent("subscribed")
-            if not stream.ack.get("running"):
+            if start:
+                started = self.start(cid)
+                if started.error:
+                    raise errors.FailedPrecondition(started.error)
+                self._pump(stream, cid, inputs)  # stdin only once there is a process to read it
+            elif not stream.ack.get("running"):
                 rec = self.get(cid)
                 if rec.status == "exited":
                     yield AttachEvent("exit", exit_code=rec.exit_code)
@@ -742,15 +793,7 @@ class Containers:
             raise errors.FailedPrecondition(f"Container {rec.id} is not running")
         if self.cgroups.frozen(rec.id):
             raise errors.FailedPrecondition(f"Container {rec.id} is paused, unpause the container first")
-        spec = spec_of(rec)
-        hostname = spec.hostname or rec.id[:12]
-        env = build_env(_merge_env(list(spec.env), opts.env), hostname)
-        config = SpawnConfig(
-            id="exec-" + secrets.token_hex(16), args=list(opts.args), env=env, rootfs={}, rootfs_dir="",
-            state_dir=str(self.dir / rec.id), log_path="", cwd=opts.workdir or spec.cwd or "/",
-            user=opts.user or spec.user, cgroup_procs=[str(d / "cgroup.procs") for d in self.cgroups.dirs(rec.id)],
-            open_stdin=opts.open_stdin, tty=opts.tty, tty_rows=opts.tty_rows, tty_cols=opts.tty_cols,
-            container=rec.id)
+        config = self.exec_config(rec, opts)
         try:
             stream = self.sup.exec(config.to_dict())
         except ExecFailed as exc:
@@ -780,6 +823,19 @@ class Containers:
             raise errors.Unavailable("lost the supervisor during exec") from exc
         finally:
             stream.close()
+
+    def exec_config(self, rec: ContainerRecord, opts: ExecOptions) -> SpawnConfig:
+        """What the supervisor needs to start ``opts`` in the running container ``rec``
+        (also used by the health monitor's probes)."""
+        spec = spec_of(rec)
+        hostname = spec.hostname or rec.id[:12]
+        env = build_env(_merge_env(list(spec.env), opts.env), hostname)
+        return SpawnConfig(
+            id="exec-" + secrets.token_hex(16), args=list(opts.args), env=env, rootfs={}, rootfs_dir="",
+            state_dir=str(self.dir / rec.id), log_path="", cwd=opts.workdir or spec.cwd or "/",
+            user=opts.user or spec.user, cgroup_procs=[str(d / "cgroup.procs") for d in self.cgroups.dirs(rec.id)],
+            open_stdin=opts.open_stdin, tty=opts.tty, tty_rows=opts.tty_rows, tty_cols=opts.tty_cols,
+            container=rec.id, **security.spawn_fields(spec.security))
 
     # ---- pause, top, stats, update, rename, restart -------------------------------------
     def _running(self, ref: str) -> ContainerRecord:

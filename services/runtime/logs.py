@@ -10,6 +10,8 @@ reads backwards from the end and ``since`` bisects on the (ordered) timestamps.
 from __future__ import annotations
 
 import calendar
+import contextlib
+import errno
 import json
 import os
 import re
@@ -44,6 +46,7 @@ class LogWriter:
         self.fd = self._open()
         self.size = os.fstat(self.fd).st_size
         self.partial = {s: b"" for s in STREAMS}
+        self.dropped = 0  # bytes of log lost to a full disk
 
     def _open(self) -> int:
         return os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
@@ -56,15 +59,29 @@ class LogWriter:
             if self.max_size > 0 and self.size + batch_size + len(entry) > self.max_size \
                     and self.size + batch_size > 0:
                 if batch:
-                    os.write(self.fd, b"".join(batch))
-                    self.size += batch_size
+                    self._write(b"".join(batch))
                     batch, batch_size = [], 0
                 self._rotate()
             batch.append(entry)
             batch_size += len(entry)
         if batch:
-            os.write(self.fd, b"".join(batch))
-            self.size += batch_size
+            self._write(b"".join(batch))
+
+    def _write(self, data: bytes) -> None:
+        """Append whole lines. On a full disk they are dropped, and a half-written line is cut
+        off again: the log is truncated, but the supervisor and the container live on."""
+        try:
+            written = os.write(self.fd, data)
+            while written < len(data):  # a short write: the rest fits later or raises ENOSPC
+                written += os.write(self.fd, data[written:])
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
+            self.dropped += len(data)
+            with contextlib.suppress(OSError):
+                os.ftruncate(self.fd, self.size)
+            return
+        self.size += len(data)
 
     def _rotate(self) -> None:
         """path -> path.1 -> ... -> path.<max_files-1>; the oldest is dropped."""

@@ -29,6 +29,11 @@ class ContainerRecord(Base):
     # Set by `stop` (and cleared by `start`): an unless-stopped/always container that was
     # stopped on purpose stays stopped until started again.
     manually_stopped: Mapped[bool] = mapped_column(Boolean, default=False, server_default="0")
+    # --userns=auto: the first host uid/gid of the container's private 65536-id range
+    # (services/runtime/security/userns.py); 0: the host's user namespace.
+    userns_base: Mapped[int] = mapped_column(BigInteger, default=0, server_default="0")
+    # runtime_pb2.Health via json_format (services/runtime/health.py); None: no health check.
+    health_json: Mapped[str | None] = mapped_column(Text, nullable=True, default=None)
 
 
 def add_missing_columns(sessions: sessionmaker) -> None:

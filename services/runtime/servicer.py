@@ -11,7 +11,9 @@ from berth.types.v1 import types_pb2
 from services.common import errors
 from services.common.server import map_errors
 from services.runtime.containers import Containers, ExecOptions, Input
+from services.runtime.health import decode as decode_health
 from services.runtime.models import ContainerRecord
+from services.runtime.security.userns import userns_uid_map
 
 
 def to_proto(rec: ContainerRecord, paused: bool = False) -> runtime_pb2.Container:
@@ -20,7 +22,8 @@ def to_proto(rec: ContainerRecord, paused: bool = False) -> runtime_pb2.Containe
         status=rec.status, pid=rec.pid if rec.status == "running" else 0, exit_code=rec.exit_code,
         oom_killed=rec.oom_killed, created_unix_nano=rec.created_ns, started_unix_nano=rec.started_ns,
         finished_unix_nano=rec.finished_ns, error=rec.error or "", log_path=rec.log_path, paused=paused,
-        restart_count=rec.restart_count or 0)
+        restart_count=rec.restart_count or 0, health=decode_health(rec.health_json),
+        userns_uid_map=userns_uid_map(rec.userns_base or 0))
 
 
 def inputs_of(requests) -> Iterator[Input]:  # noqa: ANN001 - attach or exec requests
@@ -68,7 +71,8 @@ class RuntimeServicer(runtime_pb2_grpc.RuntimeServiceServicer):
         first = next(request_iterator, None)
         if first is None or first.WhichOneof("item") != "id":
             raise errors.InvalidArgument("the first attach request must name the container")
-        for ev in self.c.attach(first.id, context.is_active, inputs_of(request_iterator), first.require_running):
+        for ev in self.c.attach(first.id, context.is_active, inputs_of(request_iterator), first.require_running,
+                                start=first.start):
             yield attach_response(ev)
 
     @map_errors

@@ -238,3 +238,23 @@ def test_exec_client_killed_mid_stream_leaves_container_running(services):
         assert state(services, "mid") == "running"
     finally:
         services.berth("rm", "-f", "mid")
+
+
+def test_start_attach_streams_output_and_exit_code_every_time(services):
+    cid = ok(services.berth("create", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3")).stdout.strip()
+    try:
+        for _ in range(2):  # a created container, then the exited one again
+            r = services.berth("start", "-a", cid)
+            assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+        one_line_error(services.berth("start", "-a", cid, cid), 1, "cannot start and attach multiple")
+    finally:
+        services.berth("rm", "-f", cid)
+
+
+def test_start_attach_interactive_sends_stdin(services):
+    cid = ok(services.berth("create", "-i", "busybox", "sh", "-c", "read line; echo got $line")).stdout.strip()
+    try:
+        r = services.berth("start", "-ai", cid, input="hello\n")
+        assert (r.returncode, r.stdout) == (0, "got hello\n")
+    finally:
+        services.berth("rm", "-f", cid)

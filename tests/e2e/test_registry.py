@@ -88,7 +88,7 @@ def test_push_pull_run_save_history_prune(berth: Services, registry: Registry, t
     assert info["RepoDigests"] == [f"{registry.host}/me/bb@{digest}"]
 
     ok(berth.berth("rmi", ref))
-    assert ok(berth.berth("pull", "-q", ref)).stdout == ref + "\n"
+    assert ok(berth.berth("pull", "-q", ref)).stdout == digest + "\n"
     assert ok(berth.berth("run", "--rm", ref, "cat", "/me.txt")).stdout == "me\n"
 
     hist = ok(berth.berth("history", ref)).stdout.splitlines()

@@ -42,6 +42,9 @@ def write_atomic(path: str, data: bytes) -> None:
     try:
         os.write(fd, data)
         os.fsync(fd)
+    except OSError:
+        os.unlink(tmp)  # a full disk leaves no temp file behind
+        raise
     finally:
         os.close(fd)
     os.rename(tmp, path)

@@ -11,6 +11,14 @@ container's cgroups and *enters* its namespaces with setns (the pid namespace ap
 to B), and B skips the root filesystem: entering the mount namespace already made the
 container's root our root. With ``tty`` B opens a pty from the container's devpts,
 makes it its controlling terminal and sends the master back over a socketpair.
+
+Confinement (``services/runtime/security/``): the seccomp filter is compiled here, in the
+supervisor, before forking (cached per profile); a user namespace with the container's
+uid/gid map is made here too. B builds the root filesystem as real root (an idmapped
+overlay when the container has a user namespace), then joins that namespace, drops
+capabilities to the container's set, sets no_new_privs, applies AppArmor where enabled,
+and installs the seccomp filter as the very last step before execve. An exec gets the
+container's capability set and filter, and joins its user namespace.
 """
 
 from __future__ import annotations
@@ -27,8 +35,10 @@ from dataclasses import asdict, dataclass, field
 
 from services.common.mount import Mount
 from services.runtime import capabilities, namespaces, rootfs, tty, users
+from services.runtime import mounts as container_mounts
 from services.runtime.network import join
-from services.runtime.syscalls import PR_SET_NO_NEW_PRIVS, Syscalls
+from services.runtime.security import apparmor, devices, seccomp, userns
+from services.runtime.syscalls import MS_PRIVATE, MS_REC, PR_SET_NO_NEW_PRIVS, Syscalls
 
 SETUP_FAILED_EXIT = 128
 SPAWN_TIMEOUT = 30.0
@@ -61,6 +71,15 @@ class SpawnConfig:
     read_only: bool = False
     netns: str = ""            # a prepared network namespace to join (bridge/user networks)
     host_network: bool = False  # --network host: keep the host's network namespace
+    # Confinement (issue 7): see services/runtime/security/policy.py, which fills these in.
+    caps: list[str] | None = None  # the capabilities kept; None: Docker's default set
+    seccomp: str = seccomp.DEFAULT  # "default", "unconfined" or a profile's JSON
+    privileged: bool = False
+    devices: list[dict] = field(default_factory=list)
+    apparmor: str = ""             # a profile to change to at exec ("": none)
+    no_new_privs: bool = True
+    userns_base: int = 0           # first host uid/gid of the container's range; 0: no user namespace
+    userns_size: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -68,6 +87,14 @@ class SpawnConfig:
     @classmethod
     def from_dict(cls, d: dict) -> SpawnConfig:
         return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
+
+@dataclass
+class Confinement:
+    """What the supervisor prepared before forking, for B to apply."""
+
+    bpf: bytes = b""           # the compiled seccomp filter; b"": unconfined
+    userns_fd: int = -1        # the container's user namespace (new containers only)
 
 
 @dataclass
@@ -137,8 +164,47 @@ def _fail(fd: int, code: int, message: str) -> None:
         os._exit(code)
 
 
+def build_rootfs(sys: Syscalls, cfg: SpawnConfig, userns_fd: int = -1) -> None:
+    """``rootfs.setup``'s sequence with the confinement steps woven in (keep the two in step).
+
+    With a user namespace the overlay is mounted over idmapped views of its layers, and
+    the whole tree is built with the container root's host ids as file system ids, so
+    everything made here belongs to container root and the layers store it as 0.
+    """
+    root = cfg.rootfs_dir
+    spec = Mount.from_dict(cfg.rootfs)
+    if userns_fd >= 0:
+        sys.mount(None, "/", None, MS_REC | MS_PRIVATE)
+        userns.idmap_layers(list(spec.lowerdirs), spec.upperdir, spec.workdir, userns_fd)
+        userns.act_as(cfg.userns_base, cfg.userns_base)
+    rootfs.mount_root(sys, spec, root)
+    rootfs.mount_kernel_fs(sys, root)
+    if cfg.privileged:
+        devices.create_host_devices(root)
+    devices.create(root, cfg.devices)
+    rootfs.bind_files(sys, root, cfg.files)
+    if cfg.mounts:
+        container_mounts.apply(sys, root, cfg.mounts)
+    if cfg.read_only:
+        container_mounts.make_workdir(root, cfg.cwd)
+    if userns_fd >= 0:
+        if not cfg.host_network:
+            userns.set_net_sysctls(os.path.join(root, "proc"))
+        for host_path in cfg.files.values():
+            os.chown(host_path, cfg.userns_base, cfg.userns_base)
+        for m in cfg.mounts:
+            if m.get("type") == "volume":  # a fresh volume belongs to container root, like Docker's
+                userns.claim_empty_dir(m.get("source", ""), cfg.userns_base)
+    rootfs.pivot(sys, root)
+    if not cfg.privileged:
+        rootfs.mask_paths(sys)
+        rootfs.readonly_paths(sys)
+    if cfg.read_only:
+        container_mounts.readonly_root(sys)
+
+
 def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: int, in_r: int,
-            pty_sock: socket.socket | None) -> None:
+            pty_sock: socket.socket | None, conf: Confinement) -> None:
     """pid 1 of the container (or the exec'd process): never returns."""
     step = "setup"
     slave = -1
@@ -146,13 +212,15 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
         os.umask(0o022)
         if not cfg.exec_pid:
             step = "rootfs"
-            rootfs.setup(sys, Mount.from_dict(cfg.rootfs), cfg.rootfs_dir, cfg.files, mounts=cfg.mounts,
-                         read_only=cfg.read_only, workdir=cfg.cwd)
+            build_rootfs(sys, cfg, conf.userns_fd)
             step = "hostname"
             if cfg.hostname:
                 sys.sethostname(cfg.hostname)
             step = "loopback"
             sys.link_up("lo")
+            if conf.userns_fd >= 0:
+                step = "user namespace"
+                userns.join(sys, conf.userns_fd)
         if pty_sock is not None:
             step = "tty"
             master, slave = tty.open_pty("/dev/ptmx")
@@ -175,12 +243,15 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
         if slave >= 0:
             os.fchown(slave, who.uid, -1)
         step = "capabilities"
-        capabilities.restrict(sys)
+        capabilities.restrict(sys, capabilities.DEFAULT if cfg.caps is None else frozenset(cfg.caps))
         step = "setuid"
         os.setgroups(who.groups)
         os.setgid(who.gid)
         os.setuid(who.uid)
-        sys.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        if cfg.no_new_privs:
+            sys.prctl(PR_SET_NO_NEW_PRIVS, 1)
+        step = "apparmor"
+        apparmor.apply(cfg.apparmor)
         step = "stdio"
         if slave >= 0:
             tty.make_controlling(slave)
@@ -191,6 +262,9 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
         reset_signals(sys)
+        if conf.bpf:
+            step = "seccomp"
+            seccomp.install(sys, conf.bpf)  # last: from here on only execve (and a failure report)
     except BaseException as exc:  # noqa: BLE001 - report, never return into the supervisor
         _fail(status_w, SETUP_FAILED_EXIT, f"container init failed at {step}: {exc}")
     try:
@@ -203,8 +277,16 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
     os._exit(SETUP_FAILED_EXIT)
 
 
+def _foreign_userns(pid: int) -> int:
+    """An fd of ``pid``'s user namespace if it is not ours (a container with --userns), else -1."""
+    theirs = f"/proc/{pid}/ns/user"
+    if os.stat(theirs).st_ino == os.stat("/proc/self/ns/user").st_ino:
+        return -1
+    return os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: int, err_w: int,
-             in_r: int, pty_sock: socket.socket | None) -> None:
+             in_r: int, pty_sock: socket.socket | None, conf: Confinement) -> None:
     """Join cgroups, unshare (or setns), fork the container's pid 1, report its pid: never returns."""
     try:
         reset_signals(sys)
@@ -214,13 +296,16 @@ def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: 
             with open(procs, "w") as f:
                 f.write(me)
         if cfg.exec_pid:
+            user_fd = _foreign_userns(cfg.exec_pid)
             namespaces.enter_namespaces_of(sys, cfg.exec_pid)
+            if user_fd >= 0:  # last: past it we have no privilege over the other namespaces
+                userns.join(sys, user_fd)
         else:
             join.enter_container_namespaces(sys, cfg.netns, cfg.host_network)
         b = os.fork()
         if b == 0:
             os.close(pid_w)
-            _init_b(sys, cfg, status_w, out_w, err_w, in_r, pty_sock)
+            _init_b(sys, cfg, status_w, out_w, err_w, in_r, pty_sock, conf)
             os._exit(SETUP_FAILED_EXIT)
         os.write(pid_w, json.dumps({"pid": b}).encode())
         os._exit(0)
@@ -231,10 +316,31 @@ def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: 
             os._exit(1)
 
 
+def prepare_confinement(sys: Syscalls, cfg: SpawnConfig) -> Confinement:
+    """Compile (or fetch from the cache) the seccomp filter; make the user namespace."""
+    caps = capabilities.DEFAULT if cfg.caps is None else frozenset(cfg.caps)
+    conf = Confinement(bpf=seccomp.bpf_for(cfg.seccomp, caps))
+    if cfg.userns_base and not cfg.exec_pid:
+        conf.userns_fd = userns.make_userns(sys, cfg.userns_base, cfg.userns_size or userns.SIZE)
+    return conf
+
+
 def spawn(sys: Syscalls, cfg: SpawnConfig) -> Spawned:
     """Start a container; on return its pid 1 has exec'd (or failed, see ``Spawned.error``)."""
     if not cfg.args:
         return Spawned(error="no command specified", exit_code=SETUP_FAILED_EXIT)
+    try:
+        conf = prepare_confinement(sys, cfg)
+    except (seccomp.ProfileError, userns.UsernsError, OSError) as exc:
+        return Spawned(error=f"cannot confine the container: {exc}", exit_code=SETUP_FAILED_EXIT)
+    try:
+        return _spawn(sys, cfg, conf)
+    finally:
+        if conf.userns_fd >= 0:
+            os.close(conf.userns_fd)
+
+
+def _spawn(sys: Syscalls, cfg: SpawnConfig, conf: Confinement) -> Spawned:
     if cfg.tty:
         out_r = out_w = err_r = err_w = in_r = in_w = -1
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -253,7 +359,7 @@ def spawn(sys: Syscalls, cfg: SpawnConfig) -> Spawned:
                     os.close(fd)
             if parent_sock is not None:
                 parent_sock.close()
-            _child_a(sys, cfg, pid_w, status_w, out_w, err_w, in_r, child_sock)
+            _child_a(sys, cfg, pid_w, status_w, out_w, err_w, in_r, child_sock, conf)
         finally:
             os._exit(1)
     for fd in (out_w, err_w, pid_w, status_w, in_r):

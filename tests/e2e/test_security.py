@@ -109,3 +109,10 @@ def test_userns_named_volume_is_writable(services):
     r = ok(services.berth("run", "--rm", "-v", "berth-e2e-userns-vol:/data", "busybox", "cat", "/data/f"))
     assert r.stdout == "kept\n"
     services.berth("volume", "rm", "berth-e2e-userns-vol")
+
+
+def test_bind_mounting_the_host_root_is_read_only_when_asked(services):
+    r = services.berth("run", "--rm", "-v", "/:/hostroot:ro", "busybox", "sh", "-c",
+                       "ls /hostroot/etc/hostname && touch /hostroot/berth-must-not-exist")
+    assert r.returncode == 1 and "Read-only file system" in r.stderr
+    assert not os.path.exists("/berth-must-not-exist")

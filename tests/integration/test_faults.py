@@ -30,7 +30,7 @@ from tests.hostcheck import HostState
 
 pytestmark = pytest.mark.skipif(EXTERNAL or os.geteuid() != 0, reason="starts its own services; needs root")
 needs_strace = pytest.mark.skipif(shutil.which("strace") is None, reason="needs strace (fault injection)")
-sqlite_only = pytest.mark.skipif(os.environ.get("BERTH_TEST_POSTGRES") == "1", reason="SQLite locking")
+sqlite_only = pytest.mark.skipif(os.environ.get("BERTH_TEST_POSTGRES") == "1", reason="SQLite only")
 
 
 def ok(r: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
@@ -145,6 +145,7 @@ def test_runtime_killed_in_rm_after_the_record_went(svc, clean):
 
 
 @needs_strace
+@sqlite_only  # the syscall hit is SQLite's WAL write
 def test_runtime_killed_in_create_before_the_record(svc, clean):
     # The container's dir is made, then the record is written: the crash falls between.
     with killed_at(svc, "runtime", "pwrite64"):
@@ -155,6 +156,7 @@ def test_runtime_killed_in_create_before_the_record(svc, clean):
 
 
 @needs_strace
+@sqlite_only  # with PostgreSQL the first recvfrom is the database's
 def test_runtime_killed_in_start_after_the_spawn(svc, clean):
     ok(svc.berth("create", "--name", "start-victim", "--network", "none", "busybox", "sleep", "300"))
     # The spawn request is sent to the supervisor; the runtime dies waiting for its reply
@@ -445,6 +447,11 @@ def test_services_reconnect_after_postgres_restarts(svc, clean):
     version = subprocess.run(["pg_lsclusters", "-h"], capture_output=True, text=True, check=True).stdout.split()[0]
     subprocess.run(["pg_ctlcluster", version, "main", "restart"], check=True)
     ok(svc.berth("ps", "-a"))
+    subprocess.run(["pg_ctlcluster", version, "main", "stop"], check=True)
+    try:  # while it is down: one clear line, no traceback, no hang
+        one_line_error(svc.berth("tag", "busybox", "pg-down:1", timeout=60), "database unavailable")
+    finally:
+        subprocess.run(["pg_ctlcluster", version, "main", "start"], check=True)
     assert ok(svc.berth("run", "--rm", "busybox", "echo", "after")).stdout == "after\n"
     ok(svc.berth("tag", "busybox", "pg-after:1"))
     ok(svc.berth("rmi", "pg-after:1"))

@@ -202,3 +202,33 @@ def test_cli_device_and_security_opt_parsing(tmp_path):
         bad.write_text("{")
         specs.apply_security(runtime_pb2.Security(), privileged=False, cap_add=[], cap_drop=[], device=[],
                              security_opt=[f"seccomp={bad}"], userns="")
+
+
+# ---- the init's root filesystem sequence ------------------------------------------------------
+def _build(tmp_path, monkeypatch, **kw) -> list[tuple]:
+    from services.runtime.supervisor.spawn import build_rootfs
+
+    copied = []  # no real host device nodes in a temp dir
+    monkeypatch.setattr(devices, "create_host_devices", copied.append)
+    from services.runtime.syscalls import RecordingSyscalls
+
+    root = tmp_path / ("privileged" if kw.get("privileged") else "default")
+    root.mkdir()
+    fake = RecordingSyscalls()
+    cfg = SpawnConfig(id="x", args=["true"], env=[], rootfs={"type": "overlay", "lowerdirs": ["/l"]},
+                      rootfs_dir=str(root), state_dir="", log_path="", **kw)
+    cwd = os.getcwd()
+    try:
+        build_rootfs(fake, cfg)
+    finally:
+        os.chdir(cwd)
+    assert copied == ([str(root)] if kw.get("privileged") else [])
+    return [c for c in fake.calls if c[0] == "mount"]
+
+
+def test_privileged_skips_masked_and_readonly_paths(tmp_path, monkeypatch):
+    default = {c[2] for c in _build(tmp_path, monkeypatch)}
+    assert "/proc/keys" in default and "/proc/sys" in default
+    privileged = {c[2] for c in _build(tmp_path, monkeypatch, privileged=True)}
+    assert "/proc/keys" not in privileged and "/proc/sys" not in privileged
+    assert str(tmp_path / "privileged" / "proc") in privileged  # the rest of the sequence is the same

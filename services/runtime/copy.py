@@ -26,6 +26,7 @@ import tarfile
 from services.common import tarsafe
 from services.common.mount import Mount
 from services.runtime import namespaces, rootfs
+from services.runtime.security import userns
 from services.runtime.syscalls import Syscalls
 
 
@@ -36,11 +37,20 @@ class CopyError(Exception):
 def enter_root(sys: Syscalls, pid: int, mount: dict, rootfs_dir: str) -> None:
     """Make the container's root filesystem our root (see the module docstring)."""
     if pid:
+        # A container with its own user namespace: enter it last (after the mount
+        # namespace, which needs our host privilege), so files are written as the
+        # container's root, which the idmapped layers store as 0, not as host root.
+        user_fd = userns.foreign_userns_fd(pid)
         fd = os.open(f"/proc/{pid}/ns/mnt", os.O_RDONLY | os.O_CLOEXEC)
         try:
             sys.setns(fd, namespaces.CLONE_NEWNS)
         finally:
             os.close(fd)
+        if user_fd >= 0:
+            try:
+                userns.join(sys, user_fd)
+            finally:
+                os.close(user_fd)
     else:
         sys.unshare(namespaces.CLONE_NEWNS)
         os.makedirs(rootfs_dir, exist_ok=True)

@@ -116,3 +116,17 @@ def test_bind_mounting_the_host_root_is_read_only_when_asked(services):
                        "ls /hostroot/etc/hostname && touch /hostroot/berth-must-not-exist")
     assert r.returncode == 1 and "Read-only file system" in r.stderr
     assert not os.path.exists("/berth-must-not-exist")
+
+
+def test_cp_into_and_out_of_a_running_userns_container(services, tmp_path):
+    cid = ok(services.berth("run", "-d", "--userns", "auto", "busybox", "sleep", "30")).stdout.strip()
+    try:
+        src = tmp_path / "f.txt"
+        src.write_text("into userns\n")
+        ok(services.berth("cp", str(src), f"{cid}:/tmp/"))
+        r = ok(services.berth("exec", cid, "sh", "-c", "cat /tmp/f.txt; stat -c %u /tmp/f.txt"))
+        assert r.stdout == "into userns\n0\n"  # the container's root owns it, as with Docker
+        ok(services.berth("cp", f"{cid}:/tmp/f.txt", str(tmp_path / "back.txt")))
+        assert (tmp_path / "back.txt").read_text() == "into userns\n"
+    finally:
+        services.berth("rm", "-f", cid)

@@ -242,6 +242,14 @@ def chown_tree(path: str, uid: int, gid: int) -> None:
         os.lchown(path, uid, gid)
 
 
+def foreign_userns_fd(pid: int) -> int:
+    """An fd of ``pid``'s user namespace if it is not ours (a container with --userns), else -1."""
+    theirs = f"/proc/{pid}/ns/user"
+    if os.stat(theirs).st_ino == os.stat("/proc/self/ns/user").st_ino:
+        return -1
+    return os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
+
+
 def join(sys: Syscalls, userns_fd: int) -> None:
     """Enter the container's user namespace and become its root (uid/gid 0 there)."""
     sys.setns(userns_fd, CLONE_NEWUSER)

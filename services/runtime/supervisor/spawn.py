@@ -277,14 +277,6 @@ def _init_b(sys: Syscalls, cfg: SpawnConfig, status_w: int, out_w: int, err_w: i
     os._exit(SETUP_FAILED_EXIT)
 
 
-def _foreign_userns(pid: int) -> int:
-    """An fd of ``pid``'s user namespace if it is not ours (a container with --userns), else -1."""
-    theirs = f"/proc/{pid}/ns/user"
-    if os.stat(theirs).st_ino == os.stat("/proc/self/ns/user").st_ino:
-        return -1
-    return os.open(theirs, os.O_RDONLY | os.O_CLOEXEC)
-
-
 def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: int, err_w: int,
              in_r: int, pty_sock: socket.socket | None, conf: Confinement) -> None:
     """Join cgroups, unshare (or setns), fork the container's pid 1, report its pid: never returns."""
@@ -296,7 +288,7 @@ def _child_a(sys: Syscalls, cfg: SpawnConfig, pid_w: int, status_w: int, out_w: 
             with open(procs, "w") as f:
                 f.write(me)
         if cfg.exec_pid:
-            user_fd = _foreign_userns(cfg.exec_pid)
+            user_fd = userns.foreign_userns_fd(cfg.exec_pid)
             namespaces.enter_namespaces_of(sys, cfg.exec_pid)
             if user_fd >= 0:  # last: past it we have no privilege over the other namespaces
                 userns.join(sys, user_fd)

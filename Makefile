@@ -6,14 +6,14 @@ VENV := .venv
 VPY := $(VENV)/bin/python
 GEN := gen
 PROTOS := $(shell find protos -name '*.proto')
-APT_PACKAGES := python3-venv python3-dev busybox-static iproute2 util-linux zstd nftables \
+APT_PACKAGES := python3-venv python3-dev busybox-static iproute2 util-linux zstd nftables strace \
                 docker-registry skopeo apache2-utils openssl
 STAMP_APT := $(VENV)/.apt-stamp
 STAMP_VENV := $(VENV)/.venv-stamp
 STAMP_GEN := $(GEN)/.stamp
 TEST_ARGS ?=
 
-.PHONY: all setup apt venv protos demo test unit integration e2e e2e-compose lint bench bench-load clean \
+.PHONY: all setup apt venv protos demo test unit integration e2e e2e-compose lint bench bench-load bench-build clean \
         install daemon-start daemon-stop postgres
 
 all: setup
@@ -97,6 +97,9 @@ bench: setup
 # Load: 50 concurrent clients / 500 containers, and 200 containers running at once.
 bench-load: setup
 	$(VPY) -m bench.load
+
+bench-build: setup
+	$(VPY) -m bench.build
 
 clean:
 	rm -rf $(GEN) $(VENV) .pytest_cache

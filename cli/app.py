@@ -49,6 +49,7 @@ MODULES = {
     "compose": "compose",
     **dict.fromkeys(("diff", "commit", "export"), "changes"),
     "build": "build",
+    "builder": "builder",
     **dict.fromkeys(("pause", "unpause", "restart", "rename", "update", "top", "stats", "events"), "operate"),
 }
 

@@ -154,6 +154,7 @@ def run(
     if tty and interactive and not detach and not os.isatty(0):
         raise CliError("the input device is not a TTY", 1)
     if create_only:
+        _pull_for_create(client, spec)
         try:
             print(client.call("CreateContainer", spec).id)
         except CliError as e:
@@ -202,6 +203,40 @@ def run(
     finally:
         pull_view.close()
     raise typer.Exit(exit_code or 0)
+
+
+def _pull_for_create(client: Client, spec: Any) -> None:
+    """`docker create` shows a missing image's pull on stderr, but CreateContainer is one unary
+    call: so the CLI pulls first (Images.Pull, same credentials and platform) and shows it."""
+    from cli.commands.registry import RunPullView, images_client
+
+    if spec.pull == "never":
+        return
+    if spec.pull == "missing":
+        try:
+            client.stub.InspectImage(client.image.InspectImageRequest(reference=spec.image))
+            return
+        except client.grpc.RpcError as err:
+            hexpart = spec.image.removeprefix("sha256:")
+            if err.code() != client.grpc.StatusCode.NOT_FOUND or spec.image.startswith("sha256:") or (
+                    len(hexpart) == 64 and all(c in "0123456789abcdef" for c in hexpart)):
+                return  # CreateContainer reports it, as it would anyway
+    api = images_client()
+    view = RunPullView()
+    if spec.pull == "missing":
+        last = spec.image.rsplit("/", 1)[-1]
+        shown = spec.image if "@" in spec.image or ":" in last else spec.image + ":latest"
+        view(api.pb.PullProgress(status=f"Unable to find image '{shown}' locally"))
+    try:
+        for msg in api.stream("Pull", api.pb.PullRequest(reference=spec.image, platform=spec.platform,
+                                                          auth=spec.registry_auth)):
+            view(msg)
+    except CliError as err:
+        err.exit_code = 125
+        raise
+    finally:
+        view.close()
+    spec.pull = "missing"  # stored now: the create itself must not pull again
 
 
 def _pull_settings(client: Client, spec: Any, image: str, pull: str, platform: str) -> None:

@@ -90,14 +90,21 @@ def start(timeout: float = typer.Option(30.0, help="Seconds to wait for the serv
     if os.geteuid() != 0:
         raise CliError("berth: the daemon must run as root", 1)
     api_env = _tls_env(hosts, tls, tlscacert, tlscert, tlskey)
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
     log_dir = cfg.root_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    try:  # a read-only or full state dir is one line, not a traceback
+        cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        log_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CliError(f"berth: cannot start the daemon: {exc.filename}: {exc.strerror}", 1) from None
     for name in ORDER:
         if _running_pid(cfg, name):
             print(f"{name}: already running")
             continue
-        with open(log_dir / f"{name}.log", "ab") as log:
+        try:
+            log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - closed right after the fork
+        except OSError as exc:
+            raise CliError(f"berth: cannot start the {name} service: {exc.filename}: {exc.strerror}", 1) from None
+        with log:
             env = {**os.environ, **api_env} if name == "api" and api_env else None
             proc = subprocess.Popen([sys.executable, "-m", f"services.{name}"], stdin=subprocess.DEVNULL,
                                     stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)

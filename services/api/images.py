@@ -17,7 +17,7 @@ from typing import TypeVar
 import grpc
 
 from berth.api.v1 import api_pb2, images_pb2, images_pb2_grpc
-from berth.image.v1 import image_pb2, registry_pb2, registry_pb2_grpc
+from berth.image.v1 import image_pb2, image_pb2_grpc, registry_pb2, registry_pb2_grpc
 from berth.runtime.v1 import runtime_pb2
 from services.api.downstream import Downstream
 from services.api.events import EventLog
@@ -124,11 +124,12 @@ def relay_pull_progress(create: Callable[[Callable[[registry_pb2.PullProgress], 
 
 
 class ImagesServicer(images_pb2_grpc.ImagesServicer):
-    def __init__(self, image, registry, runtime, events: EventLog) -> None:  # noqa: ANN001 - Downstreams
+    def __init__(self, image, registry, runtime, events: EventLog, builder=None) -> None:  # noqa: ANN001
         self.image = image
         self.registry = registry
         self.runtime = runtime
         self.events = events
+        self.builder = builder  # the image service's Builder (build cache prune and usage)
 
     @map_errors
     def Pull(self, request: registry_pb2.PullRequest, context: grpc.ServicerContext):
@@ -179,9 +180,18 @@ class ImagesServicer(images_pb2_grpc.ImagesServicer):
             total=len(containers), active=len(running),
             size=sum(snap_size.get(c.id, 0) for c in containers),
             reclaimable=sum(snap_size.get(c.id, 0) for c in containers if c.id not in running))
+        cache = self.builder.CacheUsage(image_pb2.BuildCacheUsageRequest()) if self.builder else None
+        cache_row = images_pb2.UsageRow(total=cache.total, active=cache.active, size=cache.size,
+                                        reclaimable=cache.reclaimable) if cache else images_pb2.UsageRow()
         return images_pb2.DiskUsageSummary(images=images_row, containers=containers_row,
-                                           volumes=images_pb2.UsageRow(), build_cache=images_pb2.UsageRow(),
+                                           volumes=images_pb2.UsageRow(), build_cache=cache_row,
                                            detail=detail)
+
+    @map_errors
+    def PruneBuildCache(self, request: image_pb2.PruneBuildCacheRequest, context: grpc.ServicerContext):
+        resp = self.builder.PruneCache(request)
+        self.events.record("builder", "prune", "", reclaimed=str(resp.space_reclaimed))
+        return resp
 
 
 def add_to_server(server: grpc.Server, image, runtime, events: EventLog, cfg: Config) -> None:  # noqa: ANN001
@@ -189,5 +199,6 @@ def add_to_server(server: grpc.Server, image, runtime, events: EventLog, cfg: Co
     wrapped_image = image if isinstance(image, Downstream) else Downstream("image", str(cfg.image_socket), image)
     wrapped_runtime = runtime if isinstance(runtime, Downstream) else \
         Downstream("runtime", str(cfg.runtime_socket), runtime)
-    servicer = ImagesServicer(wrapped_image, registry_downstream(cfg), wrapped_runtime, events)
+    builder = Downstream("image", str(cfg.image_socket), image_pb2_grpc.BuilderStub(channel(cfg.image_socket)))
+    servicer = ImagesServicer(wrapped_image, registry_downstream(cfg), wrapped_runtime, events, builder)
     images_pb2_grpc.add_ImagesServicer_to_server(servicer, server)

@@ -59,7 +59,7 @@ def reconcile(servicer: Any, at_start: bool) -> None:
             continue
         if c.status == "running":
             servicer._auto_remove_when_done(c.id)
-        else:
+        elif c.status == "exited":  # not "created": `create --rm` waits for its `start`
             log.warning("removing %s: a --rm container whose run was interrupted", c.id)
             servicer._remove(c.id, force=True)
 

@@ -28,7 +28,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import json_format
@@ -41,8 +41,9 @@ from services.runtime import logs
 from services.runtime.cgroups import Limits, Manager
 from services.runtime.models import Base, ContainerRecord, add_missing_columns
 from services.runtime.plumbing import NoPlumbing
+from services.runtime.security import devices as device_policy
 from services.runtime.security import policy as security
-from services.runtime.security import userns
+from services.runtime.security import seccomp, userns
 from services.runtime.supervisor.client import (
     ExecFailed,
     Stream,
@@ -454,8 +455,10 @@ class Containers:
             if self.cgroups.exists(rec.id):
                 self._remove_cgroups(rec.id)
             try:
-                procs = self.cgroups.create(rec.id, limits_of(spec))
-            except OSError as exc:
+                access = device_policy.cgroup_access(spec.security.privileged,
+                                                     [(d.host_path, d.permissions) for d in spec.security.devices])
+                procs = self.cgroups.create(rec.id, replace(limits_of(spec), devices=access))
+            except (OSError, device_policy.DeviceError) as exc:
                 raise errors.FailedPrecondition(f"cannot create cgroups for {rec.id}: {exc}") from exc
             try:
                 extra = self.plumbing.prepare(rec.id, rec.name or "", spec, cdir, files, hostname)
@@ -469,7 +472,7 @@ class Containers:
                 user=spec.user, hostname=hostname, files=files, cgroup_procs=[str(p) for p in procs],
                 open_stdin=spec.open_stdin, tty=spec.tty, tty_rows=spec.tty_rows, tty_cols=spec.tty_cols,
                 log_max_size=max_size, log_max_files=max_files,
-                **security.spawn_fields(spec.security, rec.userns_base or 0), **extra)
+                **self._spawn_security(spec, rec.userns_base or 0), **extra)
             try:
                 reply = self.sup.spawn(config.to_dict())
             except SupervisorUnavailable as exc:
@@ -835,7 +838,15 @@ class Containers:
             state_dir=str(self.dir / rec.id), log_path="", cwd=opts.workdir or spec.cwd or "/",
             user=opts.user or spec.user, cgroup_procs=[str(d / "cgroup.procs") for d in self.cgroups.dirs(rec.id)],
             open_stdin=opts.open_stdin, tty=opts.tty, tty_rows=opts.tty_rows, tty_cols=opts.tty_cols,
-            container=rec.id, **security.spawn_fields(spec.security))
+            container=rec.id, **self._spawn_security(spec))
+
+    def _spawn_security(self, spec: runtime_pb2.ContainerSpec, userns_base: int = 0) -> dict:
+        """policy.spawn_fields; where the devices cgroup guards every open (v1), the default
+        seccomp profile allows mknod of device nodes again, as Docker's does."""
+        fields = security.spawn_fields(spec.security, userns_base)
+        if fields["seccomp"] == seccomp.DEFAULT and getattr(self.cgroups, "enforces_devices", False):
+            fields["seccomp"] = seccomp.DEFAULT_WITH_MKNOD
+        return fields
 
     # ---- pause, top, stats, update, rename, restart -------------------------------------
     def _running(self, ref: str) -> ContainerRecord:

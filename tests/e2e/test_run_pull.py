@@ -148,3 +148,23 @@ def test_push_all_tags(berth: Services, registry: Registry, tmp_path: Path) -> N
     assert sorted(tags) == ["1", "2"]
     r = ok(berth.berth("push", "-a", "-q", repo))
     assert r.stdout.splitlines() == [f"{repo}:1", f"{repo}:2"]
+
+
+def test_create_shows_the_pull_on_stderr(berth: Services, registry: Registry, tmp_path: Path) -> None:
+    ref = f"{registry.host}/runpull/create:1"
+    img = make_image([_app("created\n")], cmd=["cat", "/app.txt"])
+    push_image(tmp_path, ref, img)
+    r = ok(berth.berth("create", ref))
+    cid = r.stdout.strip()
+    assert len(cid) == 64 and r.stdout == cid + "\n"
+    lines = r.stderr.splitlines()
+    assert lines[0] == f"Unable to find image '{ref}' locally"
+    assert "1: Pulling from runpull/create" in lines and f"Digest: {img.digest}" in lines
+    try:
+        r = ok(berth.berth("start", "-a", cid))
+        assert r.stdout == "created\n"
+    finally:
+        ok(berth.berth("rm", "-f", cid))
+    r = ok(berth.berth("create", ref))  # stored: silent
+    assert r.stderr == ""
+    ok(berth.berth("rm", r.stdout.strip()))

@@ -58,6 +58,23 @@ def test_device_flag(services):
     assert services.berth("ps", "-aq").stdout == ""
 
 
+def test_devices_cgroup(services):
+    """A node made for a host disk cannot be opened; a `--device` keeps its permissions
+    (cgroup v1's devices controller); --privileged opens anything."""
+    r = services.berth("run", "--rm", "busybox", "sh", "-c", "mknod /tmp/sda b 8 0; head -c1 /tmp/sda")
+    assert r.returncode == 1 and "Operation not permitted" in r.stderr
+    if not Path("/dev/loop0").is_block_device():
+        pytest.skip("no /dev/loop0 on this host")
+    r = ok(services.berth("run", "--rm", "--privileged", "busybox", "sh", "-c",
+                          "mknod /tmp/loop b 7 0 && head -c1 /tmp/loop >/dev/null && echo open-ok"))
+    assert r.stdout == "open-ok\n"
+    if not Path("/sys/fs/cgroup/devices/devices.list").exists():
+        pytest.skip("no cgroup v1 devices controller: --device permissions are not enforced")
+    r = services.berth("run", "--rm", "--device", "/dev/loop0:/dev/myloop:r", "busybox", "sh", "-c",
+                       "head -c1 /dev/myloop && echo read-ok; echo x > /dev/myloop")
+    assert r.returncode == 1 and r.stdout == "read-ok\n" and "Operation not permitted" in r.stderr
+
+
 def test_privileged_and_inspect(services):
     r = ok(services.berth("run", "--rm", "--privileged", "busybox", "sh", "-c",
                           "mount -t tmpfs none /tmp && grep -c ' /tmp tmpfs' /proc/mounts"))

@@ -106,6 +106,7 @@ class Builder:
         self.total = 0
         self.done: dict[int, State] = {}
         self.leases: list[str] = []
+        self.used_keys: list[str] = []
         self.used_args: set[str] = set()
         self.global_args: dict[str, str] = {}
 
@@ -131,6 +132,8 @@ class Builder:
         for name in self.leases:
             self.store.release(name)
         self.leases.clear()
+        self.cache.unuse(self.used_keys)
+        self.used_keys.clear()
 
     # ---- the build ------------------------------------------------------------
 
@@ -323,12 +326,17 @@ class Builder:
         return False
 
     def _lookup(self, key: str) -> State | None:
-        if self.opts.no_cache:
-            return None
-        state = self.cache.get(key)
-        if state is not None:
-            self._hold(state)
-        return state
+        """The cached state after this step, held for the build; the key is marked in use
+        either way (a miss is written under the same key), so a prune leaves it alone."""
+        with self.store.lock:
+            self.cache.use(key)
+            self.used_keys.append(key)
+            if self.opts.no_cache:
+                return None
+            state = self.cache.get(key)
+            if state is not None:
+                self._hold(state)
+            return state
 
     def _arg(self, ss: StageState, ins: Instruction, expand: Expander) -> bool:
         pairs = arg_pairs(ins, expand)
@@ -515,7 +523,7 @@ class Builder:
                                     "size": writer.size, "diffID": diff_id})
             ss.state.config["rootfs"] = {"type": "layers", "diff_ids": ss.state.diff_ids}
             self._history(ss, created_by, empty=False)
-            self.cache.put(key, ss.state)  # leases the layer and blob for the service's life
+            self.cache.put(key, ss.state)  # leases the layer and blob while the row exists
             self._hold(ss.state)
 
     # ---- the image --------------------------------------------------------------

@@ -42,6 +42,16 @@ class BuilderServicer(image_pb2_grpc.BuilderServicer):
 
         yield from run_streaming(work, context)
 
+    @map_errors
+    def PruneCache(self, request: image_pb2.PruneBuildCacheRequest, context: grpc.ServicerContext):
+        out = self.cache.prune(request.all, request.until_unix)
+        return image_pb2.PruneBuildCacheResponse(deleted=out.deleted, space_reclaimed=out.space_reclaimed)
+
+    @map_errors
+    def CacheUsage(self, request: image_pb2.BuildCacheUsageRequest, context: grpc.ServicerContext):
+        u = self.cache.usage()
+        return image_pb2.BuildCacheUsage(total=u.total, active=u.active, size=u.size, reclaimable=u.reclaimable)
+
 
 def _pull(store: ImageStore) -> Callable[[str, str, Callable[[str], None]], None]:
     def pull(ref: str, platform: str, status: Callable[[str], None]) -> None:

@@ -17,12 +17,28 @@ from typing import Protocol
 
 
 @dataclass(frozen=True)
+class DeviceAccess:
+    """The device nodes a container may open or create (the devices cgroup, like OCI's
+    ``linux.resources.devices``): everything (``--privileged``) or only ``rules``.
+
+    Rules use cgroup v1's syntax, "TYPE MAJOR:MINOR ACCESS" ("c 1:3 rwm", "b *:* m");
+    ``services/runtime/security/devices.py`` builds them from Docker's defaults and ``--device``.
+    """
+
+    allow_all: bool = False
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Limits:
     memory_bytes: int = 0       # 0: unlimited
     cpu_quota_us: int = 0       # 0: unlimited
     cpu_period_us: int = 0      # 0: default (100 ms)
     pids_limit: int = 0         # 0: unlimited
     cpu_shares: int = 0         # 0: default
+    # Written once, at create (not by ``apply``: narrowing a live allow-list would race the
+    # container's opens). None: not confined, the parent's (the host's) access is inherited.
+    devices: DeviceAccess | None = None
 
 
 DEFAULT_CPU_PERIOD_US = 100_000
@@ -30,6 +46,10 @@ DEFAULT_CPU_PERIOD_US = 100_000
 
 class Manager(Protocol):
     version: str
+    # True where ``Limits.devices`` is enforced by the kernel (v1's devices controller, v2's
+    # BPF device program); the default seccomp profile then allows mknod, as Docker's does
+    # (opening a node off the list stays refused).
+    enforces_devices: bool
 
     def create(self, cid: str, limits: Limits) -> list[Path]:
         """Create the container's cgroups, apply limits, return the procs files to join."""

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 from pathlib import Path
 
 from services.runtime.cgroups import (
     DEFAULT_CPU_PERIOD_US,
+    DeviceAccess,
     Limits,
     read_int,
     read_keyed,
@@ -19,7 +21,7 @@ from services.runtime.cgroups import (
 )
 
 # cpuset is left out: a new cpuset cgroup needs cpus/mems copied in before it accepts tasks.
-CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "blkio")
+CONTROLLERS = ("memory", "cpu", "cpuacct", "pids", "freezer", "blkio", "devices")
 UNLIMITED = 1 << 62  # v1 reports "no limit" as a huge page-rounded number
 
 
@@ -42,6 +44,7 @@ class V1Manager:
             if real not in seen:
                 seen.add(real)
                 self._unique.append(c)
+        self.enforces_devices = "devices" in self.controllers
 
     def _dir(self, controller: str, cid: str) -> Path:
         return self.controllers[controller] / self.parent / cid
@@ -56,11 +59,32 @@ class V1Manager:
         for d in self.dirs(cid):
             d.mkdir(parents=True, exist_ok=True)
         try:
+            if limits.devices is not None and self.enforces_devices:
+                self._set_devices(self._dir("devices", cid), limits.devices)
             self.apply(cid, limits)
         except OSError:
             self.remove(cid)
             raise
         return [d / "cgroup.procs" for d in self.dirs(cid)]
+
+    @staticmethod
+    def _set_devices(d: Path, access: DeviceAccess) -> None:
+        """Deny everything, then allow each rule; a new cgroup starts with its parent's list.
+
+        Before any process joins: no window where the container runs unconfined. A rule the
+        parent itself does not grant (Berth nested in a confined cgroup) is refused with EPERM
+        by the kernel; that device stays denied, which is what the container would get anyway.
+        """
+        if access.allow_all:
+            with contextlib.suppress(PermissionError):
+                write(d / "devices.allow", "a")
+            return
+        write(d / "devices.deny", "a")
+        for rule in access.rules:
+            try:
+                write(d / "devices.allow", rule)
+            except PermissionError:
+                continue
 
     def apply(self, cid: str, limits: Limits) -> None:
         if "memory" in self.controllers and limits.memory_bytes > 0:

@@ -8,6 +8,7 @@ from pathlib import Path
 from services.runtime.cgroups import (
     DEFAULT_CPU_PERIOD_US,
     Limits,
+    devices_bpf,
     read_int,
     read_keyed,
     read_pids,
@@ -32,6 +33,11 @@ class V2Manager:
     def __init__(self, root: Path, parent: str) -> None:
         self.root = Path(root)
         self.parent = parent.strip("/")
+        # v2 has no devices controller: a BPF_PROG_TYPE_CGROUP_DEVICE program attached to the
+        # container's cgroup decides (devices_bpf). A kernel without cgroup BPF leaves
+        # ``Limits.devices`` unenforced, and the default seccomp profile then keeps refusing
+        # mknod of device nodes instead.
+        self.enforces_devices = devices_bpf.supported()
 
     def _dir(self, cid: str) -> Path:
         return self.root / self.parent / cid
@@ -71,6 +77,9 @@ class V2Manager:
         d = self._dir(cid)
         d.mkdir(exist_ok=True)
         try:
+            access = limits.devices
+            if access is not None and not access.allow_all and self.enforces_devices:
+                devices_bpf.attach(d, access.rules)  # before any process joins
             self.apply(cid, limits)
         except OSError:
             self.remove(cid)

@@ -3,12 +3,37 @@
 Nodes are made in the container's private /dev (a tmpfs in its mount namespace) by its
 init, before pivot_root, with the major/minor, mode and owner of the host's node. A
 requested path must exist and be a device: anything else is refused at create.
+
+What a container may *open* is the devices cgroup's business (``cgroup_access``): Docker's
+default allow-list, plus each `--device` with its permissions, or everything for
+`--privileged`. A node the container makes itself (mknod, when allowed) is still refused
+at open unless its major:minor is on that list.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Iterable
+
+from services.runtime.cgroups import DeviceAccess
+
+# Docker's default devices cgroup allow-list: "m" (mknod) of any node, and read/write/mknod
+# of the nodes every container's /dev has, its ptys and /dev/net/tun.
+DEFAULT_RULES = (
+    "c *:* m",      # mknod of any character device ...
+    "b *:* m",      # ... and block device; opening one needs a rule below
+    "c 1:3 rwm",    # /dev/null
+    "c 1:5 rwm",    # /dev/zero
+    "c 1:7 rwm",    # /dev/full
+    "c 1:8 rwm",    # /dev/random
+    "c 1:9 rwm",    # /dev/urandom
+    "c 5:0 rwm",    # /dev/tty
+    "c 5:1 rwm",    # /dev/console
+    "c 5:2 rwm",    # /dev/ptmx (also /dev/pts/ptmx of the container's devpts)
+    "c 136:* rwm",  # /dev/pts/N
+    "c 10:200 rwm",  # /dev/net/tun
+)
 
 # Host /dev entries `--privileged` does not copy: the container has its own of these.
 SKIP_PRIVILEGED = {"pts", "shm", "mqueue", "ptmx", "console", "fd", "stdin", "stdout", "stderr", "core"}
@@ -39,6 +64,34 @@ def check(host_path: str, container_path: str = "", permissions: str = "") -> tu
     if not permissions or not set(permissions) <= PERMISSIONS:
         raise DeviceError(f'invalid device mode: "{permissions}"')
     return host_path, os.path.normpath(container_path), permissions
+
+
+def cgroup_rule(host_path: str, permissions: str = "") -> str:
+    """The devices cgroup rule for a `--device`: its host node's type and major:minor."""
+    st = os.stat(host_path)
+    kind = "c" if stat.S_ISCHR(st.st_mode) else "b" if stat.S_ISBLK(st.st_mode) else ""
+    if not kind:
+        raise DeviceError(f'error gathering device information while adding custom device "{host_path}": '
+                          "not a device node")
+    return f"{kind} {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} {permissions or 'rwm'}"
+
+
+def cgroup_access(privileged: bool, requested: Iterable[tuple[str, str]]) -> DeviceAccess:
+    """What the devices cgroup lets a container open: (host path, permissions) of each `--device`.
+
+    Computed at each start from the host's node (a device may have been re-created with
+    another number since create); a node gone meanwhile is a DeviceError.
+    """
+    if privileged:
+        return DeviceAccess(allow_all=True)
+    rules = list(DEFAULT_RULES)
+    for host_path, permissions in requested:
+        try:
+            rules.append(cgroup_rule(host_path, permissions))
+        except OSError as exc:
+            raise DeviceError(f'error gathering device information while adding custom device "{host_path}": '
+                              f"{exc.strerror}") from None
+    return DeviceAccess(rules=tuple(rules))
 
 
 def make_node(host_path: str, target: str) -> None:

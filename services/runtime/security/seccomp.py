@@ -61,6 +61,10 @@ NATIVE_SCMP = {"x86_64": "SCMP_ARCH_X86_64", "aarch64": "SCMP_ARCH_AARCH64", "ar
 MAX_PROFILE_BYTES = 1 << 20
 SCMP_FLTATR_CTL_OPTIMIZE = 8
 DEFAULT = "default"        # a SpawnConfig's seccomp: the built-in profile
+# ... the built-in profile with mknod of device nodes allowed: only set by the runtime for a
+# container whose devices cgroup is enforced (never from a request: validate refuses it).
+DEFAULT_WITH_MKNOD = "default+mknod"
+MKNOD_SYSCALLS = ("mknod", "mknodat")
 UNCONFINED = "unconfined"  # ... no filter; anything else is a profile's JSON
 
 
@@ -132,6 +136,23 @@ def parse(text: str) -> dict:
 @functools.cache
 def default_profile_text() -> str:
     return DEFAULT_PROFILE_PATH.read_text()
+
+
+@functools.cache
+def default_with_mknod_text() -> str:
+    """The default profile with its mknod/mknodat rules (regular files, FIFOs and sockets
+    only) replaced by an unconditional allow, as in Docker's profile.
+
+    Safe only where the devices cgroup refuses opening nodes off the container's allow-list:
+    a node made for a host disk is then useless inside (EPERM at open). CAP_MKNOD is still
+    needed, and a user namespace refuses device nodes whatever the filter says.
+    """
+    profile = json.loads(default_profile_text())
+    rules = [r for r in profile["syscalls"] if not set(r.get("names") or []) & set(MKNOD_SYSCALLS)]
+    rules.append({"comment": "mknod of any node: the devices cgroup decides what may be opened.",
+                  "names": list(MKNOD_SYSCALLS), "action": "SCMP_ACT_ALLOW"})
+    profile["syscalls"] = rules
+    return json.dumps(profile)
 
 
 def _applies(rule: dict, caps: frozenset[str], arch: str) -> bool:
@@ -253,5 +274,7 @@ def bpf_for(profile: str, caps: list[str] | frozenset[str]) -> bytes:
     """
     if profile == UNCONFINED:
         return b""
+    if profile == DEFAULT_WITH_MKNOD:
+        return compile_bpf(default_with_mknod_text(), frozenset(caps))
     text = default_profile_text() if profile in (DEFAULT, "") else profile
     return compile_bpf(text, frozenset(caps))

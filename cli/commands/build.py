@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import os
 import queue
+import stat
 import sys
 import tarfile
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import typer
 
-from cli import output
 from cli.client import Client, CliError, pairs
 from cli.commands import add
 
@@ -50,7 +51,44 @@ class _QueueWriter:
 def _root_owned(info: tarfile.TarInfo) -> tarfile.TarInfo:
     info.uid = info.gid = 0
     info.uname = info.gname = ""
+    info.mtime = int(info.mtime)  # whole seconds: a fractional mtime costs a PAX header per file
     return info
+
+
+class _Walker:
+    """Adds a tree to a tar the way `TarFile.add` does (sorted, depth first), without its
+    per-file user and group name lookups, which dominate a context of many small files (owners
+    are root's anyway). Hard-linked files go as regular files: the builder may drop the first
+    name by .dockerignore, and a link to it would then point at nothing."""
+
+    def __init__(self, tar: tarfile.TarFile, skip: set[str]) -> None:
+        self.tar = tar
+        self.skip = skip
+
+    def add(self, path: str, arcname: str) -> None:
+        if arcname in self.skip:
+            return
+        st = os.lstat(path)
+        mode = st.st_mode
+        if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+            info = self.tar.gettarinfo(path, arcname)  # devices, fifos: rare, tarfile knows them
+            if info is not None:
+                self.tar.addfile(_root_owned(info))
+            return
+        info = tarfile.TarInfo(arcname)
+        info.mode, info.mtime = stat.S_IMODE(mode), int(st.st_mtime)
+        if stat.S_ISREG(mode):
+            info.size = st.st_size
+            with open(path, "rb") as f:
+                self.tar.addfile(info, f)
+        elif stat.S_ISLNK(mode):
+            info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+            self.tar.addfile(info)
+        else:
+            info.type = tarfile.DIRTYPE
+            self.tar.addfile(info)
+            for name in sorted(os.listdir(path)):
+                self.add(os.path.join(path, name), f"{arcname}/{name}")
 
 
 def context_chunks(root: Path, first: tuple[str, ...] = ()) -> Iterator[bytes]:
@@ -69,12 +107,9 @@ def context_chunks(root: Path, first: tuple[str, ...] = ()) -> Iterator[bytes]:
                 ahead = [name for name in first if (root / name).is_file()]
                 for name in ahead:
                     tar.add(root / name, arcname=name, filter=_root_owned)
-
-                def skip_ahead(info: tarfile.TarInfo) -> tarfile.TarInfo | None:
-                    return None if info.name in ahead else _root_owned(info)
-
+                walker = _Walker(tar, set(ahead))
                 for entry in sorted(os.listdir(root)):
-                    tar.add(root / entry, arcname=entry, filter=skip_ahead)
+                    walker.add(str(root / entry), entry)
             writer.flush()
         except BaseException as exc:  # noqa: BLE001 - reported by the consumer
             failure.append(exc)
@@ -97,8 +132,8 @@ def _requests(client: Client, options, root: Path) -> Iterator:  # noqa: ANN001
 
 
 class Progress:
-    """Docker-like build output: `plain` (BuildKit's step-numbered lines) or `tty`
-    (the classic builder's "Step N/M :" shape), or nothing but the id with -q."""
+    """Docker-like build output: `plain` (BuildKit's step-numbered lines), or nothing but
+    the id with -q. `tty` is LiveProgress."""
 
     def __init__(self, mode: str, quiet: bool) -> None:
         self.mode = mode
@@ -124,10 +159,6 @@ class Progress:
                 self._out(f"#{step.number} CACHED\n")
             else:
                 self._out(f"#{step.number} DONE {step.duration_ns / 1e9:.1f}s\n")
-        elif not step.done:
-            self._out(f"Step {step.number}/{step.total} : {step.instruction}\n")
-        elif step.cached:
-            self._out(" ---> Using cache\n")
 
     def text(self, data: bytes) -> None:
         text = data.decode(errors="replace")
@@ -141,6 +172,114 @@ class Progress:
 
     def status(self, line: str) -> None:
         self._out(f"#{self.current} {line}\n" if self.mode == "plain" else f"{line}\n")
+
+
+class LiveProgress:
+    """`--progress tty`: BuildKit's compact terminal view, drawn with rich.
+
+    A finished step becomes one permanent line (`=> [2/5] RUN make  3.1s`, or
+    `=> CACHED [3/5] COPY ...`); the step running now is drawn live below them,
+    with its elapsed time and the last few lines of its output, which collapse
+    when it succeeds. A failing step's output stays on screen.
+    """
+
+    TAIL = 6
+
+    def __init__(self, quiet: bool) -> None:
+        from rich.console import Console
+        from rich.live import Live
+
+        self.quiet = quiet
+        self.started = time.monotonic()
+        self.console = Console(stderr=True, force_terminal=True, highlight=False)
+        self.running: dict[int, tuple[Any, float]] = {}  # number -> (step, start)
+        self.tail: list[str] = []
+        self.output_tail: list[str] = []  # a failing step's output, shown even with -q
+        self.current = 0
+        self.total = 0
+        self.done = 0
+        self.live = Live(console=self.console, auto_refresh=not quiet, refresh_per_second=8, transient=True,
+                         get_renderable=self._render)
+        if not quiet:
+            self.live.start()
+
+    @staticmethod
+    def _where(step: Any) -> str:
+        return f"{step.number}/{step.total}" if step.stage.isdigit() else f"{step.stage} {step.number}/{step.total}"
+
+    def _line(self, step: Any, seconds: float, cached: bool = False, style: str = "") -> Any:
+        from rich.table import Table
+        from rich.text import Text
+
+        grid = Table.grid(expand=True)
+        grid.add_column(ratio=1, no_wrap=True, overflow="ellipsis")
+        grid.add_column(justify="right", width=8)
+        grid.add_row(Text(("=> CACHED " if cached else "=> ") + f"[{self._where(step)}] {step.instruction}"),
+                     Text(f"{seconds:.1f}s"), style=style)  # Text: never read as markup
+        return grid
+
+    def _render(self) -> Any:
+        from rich.console import Group
+        from rich.text import Text
+
+        now = time.monotonic()
+        parts: list[Any] = [Text(f"[+] Building {now - self.started:.1f}s ({self.done}/{self.total})",
+                                 style="bold blue")]
+        for step, start in self.running.values():
+            parts.append(self._line(step, now - start, style="blue"))
+        parts += [Text(f"=> => # {line}", style="dim", no_wrap=True, overflow="ellipsis")
+                  for line in self.tail[-self.TAIL:]]
+        return Group(*parts)
+
+    def _print(self, renderable: Any) -> None:
+        if not self.quiet:
+            self.live.console.print(renderable, soft_wrap=isinstance(renderable, str), markup=False)
+
+    def step(self, step: Any) -> None:
+        self.total = step.total
+        self.current = step.number
+        if not step.done:
+            self.running[step.number] = (step, time.monotonic())
+            self.tail = []
+            self.output_tail.clear()
+            return
+        self.running.pop(step.number, None)
+        self.done += 1
+        self._print(self._line(step, step.duration_ns / 1e9, cached=step.cached))
+        self.tail = []
+
+    def text(self, data: bytes) -> None:
+        lines = data.decode(errors="replace").splitlines()
+        self.tail = (self.tail + lines)[-self.TAIL:]
+        self.output_tail = (self.output_tail + lines)[-20:]
+
+    def status(self, line: str) -> None:
+        self.tail = (self.tail + [line])[-self.TAIL:]
+
+    def fail(self) -> None:
+        """The step that failed, with its output, stays on screen."""
+        now = time.monotonic()
+        for step, start in self.running.values():
+            self._print(self._line(step, now - start, style="red"))
+        for line in self.output_tail:
+            self._print(f"=> => # {line}")
+        self.close()
+
+    def close(self) -> None:
+        if self.live.is_started:
+            self.live.stop()
+
+    def finish(self, image: Any) -> None:
+        self.close()
+        if self.quiet:
+            return
+        from rich.text import Text
+
+        self.console.print(Text(f"[+] Building {time.monotonic() - self.started:.1f}s ({self.done}/{self.total}) "
+                                "FINISHED", style="bold blue"))
+        self.console.print(f"=> => writing image {image.id} done", soft_wrap=True, markup=False)
+        for t in image.repo_tags:
+            self.console.print(f"=> => naming to {t} done", soft_wrap=True, markup=False)
 
 
 def build(path: str = typer.Argument(..., metavar="PATH", help="The build context directory"),
@@ -188,7 +327,7 @@ def build(path: str = typer.Argument(..., metavar="PATH", help="The build contex
         dockerfile=dockerfile, dockerfile_content=content, tags=tag, build_args=args, target=target,
         no_cache=no_cache, pull=pull, platform=platform, labels=pairs(label), network=network)
     mode = progress if progress != "auto" else ("tty" if sys.stderr.isatty() else "plain")
-    shown = Progress(mode, quiet)
+    shown: Progress | LiveProgress = LiveProgress(quiet) if mode == "tty" else Progress(mode, quiet)
     image = None
     try:
         for ev in client.stream(client.stub.Build(_requests(client, options, root))):
@@ -202,22 +341,28 @@ def build(path: str = typer.Argument(..., metavar="PATH", help="The build contex
             elif kind == "image":
                 image = ev.image
     except CliError as err:
+        if isinstance(shown, LiveProgress):
+            shown.fail()
         if quiet and shown.output_tail:
             sys.stderr.write("\n".join(shown.output_tail) + "\n")
         raise CliError(str(err).replace("Error response from daemon: ", "ERROR: "), 1) from None
+    except BaseException:
+        if isinstance(shown, LiveProgress):
+            shown.close()
+        raise
+    if isinstance(shown, LiveProgress):
+        if image is not None:
+            shown.finish(image)
+        shown.close()
     if image is None:
         raise CliError("berth: the build ended without an image", 1)
     if quiet:
         print(image.id)
         return
     if mode == "plain":
-        shown._out(f"writing image {image.id} done\n")
+        shown._out(f"writing image {image.id} done\n")  # type: ignore[union-attr]
         for t in image.repo_tags:
-            shown._out(f"naming to {t} done\n")
-    else:
-        shown._out(f"Successfully built {output.short_id(image.id)}\n")
-        for t in image.repo_tags:
-            shown._out(f"Successfully tagged {t}\n")
+            shown._out(f"naming to {t} done\n")  # type: ignore[union-attr]
 
 
 def register(app: typer.Typer, only: str | None = None) -> None:

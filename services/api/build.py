@@ -71,7 +71,7 @@ class BuildRelay:
         try:
             for ev in stream:
                 if ev.WhichOneof("item") == "run":
-                    yield from self._run_step(ev.run, context)
+                    yield from self._run_step(ev.run, context, stream)
                     continue
                 if ev.WhichOneof("item") == "image":
                     self.events.record("image", "build", ev.image.id, tags=",".join(ev.image.repo_tags))
@@ -85,7 +85,8 @@ class BuildRelay:
         finally:
             self.inputs.put(None)
 
-    def _run_step(self, step: image_pb2.RunStep, context: grpc.ServicerContext) -> Iterator[image_pb2.BuildEvent]:
+    def _run_step(self, step: image_pb2.RunStep, context: grpc.ServicerContext,
+                  builder: grpc.Future) -> Iterator[image_pb2.BuildEvent]:
         """Run one RUN as a container; stream its output; answer the builder."""
         cid = secrets.token_hex(32)
         spec = runtime_pb2.ContainerSpec(
@@ -105,6 +106,9 @@ class BuildRelay:
             return
         attach = self.runtime_stub.Attach(iter([runtime_pb2.AttachRequest(id=cid, start=True)]))
         context.add_callback(attach.cancel)
+        # The builder gone (the image service died mid-RUN) stops the step now, not when it ends:
+        # its container goes below, before the restarted image service sweeps the snapshot under it.
+        builder.add_done_callback(lambda _call: attach.cancel())
         try:
             for resp in attach:
                 if resp.HasField("output"):

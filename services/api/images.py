@@ -22,7 +22,7 @@ from berth.runtime.v1 import runtime_pb2
 from services.api.downstream import Downstream
 from services.api.events import EventLog
 from services.common.config import Config
-from services.common.errors import InvalidArgument
+from services.common.errors import FailedPrecondition, InvalidArgument
 from services.common.server import channel, map_errors
 
 log = logging.getLogger("berth.api")
@@ -104,20 +104,30 @@ def relay_pull_progress(create: Callable[[Callable[[registry_pb2.PullProgress], 
     """
     events: queue.Queue = queue.Queue()
     outcome: dict[str, object] = {}
+    gone = threading.Event()  # the client went away: stop at the next report, create nothing
+
+    def report(progress: registry_pb2.PullProgress) -> None:
+        if gone.is_set():
+            raise FailedPrecondition("cancelled: the client went away during the pull")
+        events.put(progress)
 
     def runner() -> None:
         try:
-            outcome["result"] = create(events.put)
+            outcome["result"] = create(report)
         except BaseException as exc:  # noqa: BLE001 - re-raised in the stream
             outcome["error"] = exc
         finally:
             events.put(_DONE)
 
     threading.Thread(target=runner, name="run-create", daemon=True).start()
-    while (item := events.get()) is not _DONE:
-        if item.HasField("result"):
-            continue  # the container id ends the pull for the client; the result is internal
-        yield api_pb2.RunResponse(pull=item)
+    try:
+        while (item := events.get()) is not _DONE:
+            if item.HasField("result"):
+                continue  # the container id ends the pull for the client; the result is internal
+            yield api_pb2.RunResponse(pull=item)
+    except GeneratorExit:
+        gone.set()
+        raise
     if "error" in outcome:
         raise outcome["error"]  # type: ignore[misc]
     return outcome["result"]  # type: ignore[return-value]

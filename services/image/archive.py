@@ -119,8 +119,15 @@ class _Archive:
     def has(self, name: str) -> bool:
         return name in self.members
 
+    def _member(self, name: str) -> tarfile.TarInfo | None:
+        """The member a manifest names; a name that climbs out of the archive is refused."""
+        try:
+            return self.members.get(clean_name(name))
+        except UnsafeEntry:
+            raise InvalidArgument(f"invalid image archive: {name!r} points outside the archive") from None
+
     def open(self, name: str) -> IO[bytes]:
-        member = self.members.get(clean_name(name))
+        member = self._member(name)
         if member is None:
             raise InvalidArgument(f"invalid image archive: {name} is missing")
         try:
@@ -132,7 +139,7 @@ class _Archive:
         return f
 
     def read(self, name: str) -> bytes:
-        member = self.members.get(clean_name(name))
+        member = self._member(name)
         if member is not None and member.size > JSON_LIMIT:
             raise InvalidArgument(f"invalid image archive: {name} is too large")
         try:
@@ -146,6 +153,8 @@ class _Archive:
             return json.loads(self.read(name) if data is None else data)
         except (ValueError, UnicodeDecodeError):
             raise InvalidArgument(f"invalid image archive: {name} is not valid JSON") from None
+        except RecursionError:  # hostile nesting: Python's parser recurses once per level
+            raise InvalidArgument(f"invalid image archive: {name} is nested too deeply") from None
 
 
 def load_archive(store: ImageStore, chunks: Iterator[bytes]) -> Loaded:

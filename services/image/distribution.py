@@ -44,6 +44,7 @@ FOREIGN_TYPES = {MT_DOCKER_FOREIGN, MT_OCI_NONDIST, MT_OCI_NONDIST + "+gzip", MT
 ACCEPT = ", ".join([MT_OCI_INDEX, MT_DOCKER_LIST, MT_OCI_MANIFEST, MT_DOCKER_MANIFEST])
 MANIFEST_LIMIT = 4 << 20
 CONFIG_LIMIT = 8 << 20
+MAX_SIZE = (1 << 63) - 1  # descriptor sizes are int64
 
 
 @dataclass(frozen=True)
@@ -125,7 +126,7 @@ def _descriptor(obj: Any, what: str) -> Descriptor:
     digest, size, mt = obj.get("digest"), obj.get("size"), obj.get("mediaType", "")
     if not isinstance(digest, str) or not DIGEST_RE.match(digest):
         raise InvalidArgument(f"malformed manifest: {what} has an invalid digest {digest!r}")
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+    if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= MAX_SIZE:
         raise InvalidArgument(f"malformed manifest: {what} has an invalid size {size!r}")
     if not isinstance(mt, str):
         raise InvalidArgument(f"malformed manifest: {what} has an invalid mediaType")
@@ -150,6 +151,8 @@ def parse(data: bytes, content_type: str = "") -> Manifest | Index:
         doc = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"malformed manifest: not valid JSON ({exc})") from None
+    except RecursionError:  # hostile nesting: Python's parser recurses once per level
+        raise InvalidArgument("malformed manifest: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise InvalidArgument("malformed manifest: not a JSON object")
     header_type = content_type.split(";", 1)[0].strip()

@@ -96,6 +96,8 @@ def parse_config(data: bytes | str) -> ImageConfig:
         raw = json.loads(data)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(f"image config is not valid JSON: {exc}") from None
+    except RecursionError:  # hostile nesting: Python's parser recurses once per level
+        raise InvalidArgument("image config is not valid JSON: nested too deeply") from None
     if not isinstance(raw, dict):
         raise InvalidArgument("image config is not a JSON object")
     rootfs = raw.get("rootfs") or {}

@@ -295,18 +295,22 @@ class _GzipInflater:
             started = False  # inside a member
             while not self._stop.is_set():
                 data = self._src.read(CHUNK)
-                if not data:
+                if not data and not started:
                     break
-                while data:
+                at_end = not data
+                while data or started:
                     if not started:
                         data = data.lstrip(b"\0")  # padding between or after members
                         if not data:
                             break
-                        if not data.startswith(GZIP_MAGIC[:1]) or (len(data) > 1 and data[:2] != GZIP_MAGIC):
+                        if data[:len(GZIP_MAGIC)] != GZIP_MAGIC[:len(data)]:
                             raise zlib.error("trailing garbage after the gzip stream")
                         d = _inflate_lib.decompressobj(31)
                         started = True
-                    out = d.decompress(data)
+                    # Bounded output (1 MB of a gzip bomb inflates to 1 GB); a full buffer
+                    # may leave output pending in the decompressor, so call again until
+                    # it returns less than a full buffer.
+                    out = d.decompress(data, CHUNK)
                     if out:
                         self._hash.update(out)
                         self.size += len(out)
@@ -315,10 +319,14 @@ class _GzipInflater:
                     if d.eof:
                         started = False
                         data = d.unused_data
+                    elif d.unconsumed_tail or len(out) == CHUNK:
+                        data = d.unconsumed_tail
                     else:
-                        data = b""
-            if started and not d.eof:
-                raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                        break  # needs more input
+                if at_end:
+                    if started:
+                        raise EOFError("compressed file ended before the end-of-stream marker was reached")
+                    break
             self._put(_END)
         except BaseException as exc:  # noqa: BLE001 - handed to the reading thread
             self._put(exc)

@@ -84,7 +84,8 @@ class Resolver:
         self.ref = ref
         self.repo = ref.path
         self.scopes: tuple[str, ...] = (f"repository:{ref.path}:pull" + (",push" if push else ""),)
-        self.clients = [RegistryClient(url, creds) for url in settings.endpoints(ref.domain, for_push=push)]
+        self.clients = [RegistryClient(url, creds, settings=settings)
+                        for url in settings.endpoints(ref.domain, for_push=push)]
         self.client = self.clients[-1]
 
     def get_manifest(self, ident: str) -> tuple[bytes, str, str]:
@@ -186,9 +187,10 @@ def pull(store: ImageStore, text: str, *, creds: Credentials | None = None, plat
     cancel = cancel or threading.Event()
     resolver = Resolver(ref, creds, settings)
     ident = ref.digest or ref.tag or "latest"
-    progress(StatusLine(f"{ident}: Pulling from {ref.path}"))
     try:
         top, manifest_bytes, manifest_digest, manifest = resolve(resolver, ident, want)
+        # Once the registry answered, as Docker does: an unreachable one fails in one line.
+        progress(StatusLine(f"{ident}: Pulling from {ref.path}"))
         image_id = manifest.config.digest
         tags = [str(ref)] if ref.tag and not ref.digest else []
         repo_digests = [f"{ref.name}@{top}"]

@@ -103,6 +103,9 @@ class Settings:
     # operator's guard, and how the test suite makes sure no pull leaves the machine.
     allowed: tuple[str, ...] = ()
     default_registry: str = ""
+    # Seconds a registry may stay silent (connecting, or between two reads) before a pull
+    # gives up on it: `BERTH_REGISTRY_TIMEOUT` or `registry_timeout`.
+    timeout: float = TIMEOUT
 
     @classmethod
     def load(cls, environ: dict[str, str] | None = None) -> Settings:
@@ -124,8 +127,16 @@ class Settings:
         default = env.get("BERTH_DEFAULT_REGISTRY")
         if default is None:
             default = str(values.get("default_registry", ""))
+        raw_timeout = env.get("BERTH_REGISTRY_TIMEOUT") or values.get("registry_timeout") or TIMEOUT
+        try:
+            timeout = float(raw_timeout)
+        except (TypeError, ValueError):
+            timeout = 0.0
+        if not 0 < timeout < 86400:
+            raise FailedPrecondition(f"invalid registry_timeout {raw_timeout!r}: expected seconds, more than 0")
         return cls(mirrors=items("registry_mirrors"), insecure=items("insecure_registries"),
-                   allowed=items("allowed_registries"), default_registry=default.strip().rstrip("/"))
+                   allowed=items("allowed_registries"), default_registry=default.strip().rstrip("/"),
+                   timeout=timeout)
 
     def _url(self, entry: str) -> str:
         """A configured registry as a base URL: `host:port` gets the scheme `scheme_for` picks."""
@@ -250,7 +261,10 @@ class Response:
         return self.raw.read() if n is None or n < 0 else self.raw.read(n)
 
     def read_limited(self, limit: int) -> bytes:
-        data = self.raw.read(limit + 1)
+        try:
+            data = self.raw.read(limit + 1)
+        except (OSError, http.client.HTTPException) as exc:
+            raise _read_error(self.url, exc, self._conn.timeout) from None
         if len(data) > limit:
             raise RegistryError(f"response from {self.url} is larger than {limit} bytes")
         return data
@@ -260,9 +274,20 @@ class Response:
         self._conn.close()
 
 
+def _read_error(url: str, exc: BaseException, timeout: float | None) -> RegistryError:
+    """A registry that went silent or dropped the connection after it answered."""
+    host = urllib.parse.urlsplit(url).netloc
+    if isinstance(exc, TimeoutError | socket.timeout):
+        return RegistryError(f'Get "{url}": read tcp {host}: i/o timeout (no data for {timeout:g}s; '
+                             "see registry_timeout)")
+    return RegistryError(f'Get "{url}": read tcp {host}: {exc or type(exc).__name__}')
+
+
 def _open(method: str, url: str, headers: dict[str, str], body: bytes | BinaryIO | None,
           timeout: float) -> Response:
     parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("http", "https"):
+        raise RegistryError(f'{method.capitalize()} "{url}": unsupported protocol scheme {parts.scheme!r}')
     cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
     conn = cls(parts.netloc, timeout=timeout)
     target = parts.path or "/"
@@ -270,7 +295,15 @@ def _open(method: str, url: str, headers: dict[str, str], body: bytes | BinaryIO
         target += "?" + parts.query
     try:
         conn.request(method, target, body=body, headers={"User-Agent": USER_AGENT, **headers})
+    except (OSError, http.client.HTTPException) as exc:
+        conn.close()
+        raise _connect_error(method, url, exc) from None
+    try:
         resp = conn.getresponse()
+    except TimeoutError:
+        conn.close()
+        raise RegistryError(f'{method.capitalize()} "{url}": {parts.netloc} did not answer within {timeout:g}s '
+                            "(see registry_timeout)") from None
     except (OSError, http.client.HTTPException) as exc:
         conn.close()
         raise _connect_error(method, url, exc) from None
@@ -283,10 +316,12 @@ class RegistryClient:
     Thread-safe: concurrent layer downloads share the token cache.
     """
 
-    def __init__(self, base_url: str, creds: Credentials | None = None, timeout: float = TIMEOUT) -> None:
+    def __init__(self, base_url: str, creds: Credentials | None = None, timeout: float | None = None,
+                 settings: Settings | None = None) -> None:
         self.base = base_url.rstrip("/")
         self.creds = creds or Credentials()
-        self.timeout = timeout
+        self.settings = settings or Settings.load()
+        self.timeout = timeout or self.settings.timeout
         self._lock = threading.Lock()
         self._tokens: dict[str, str] = {}  # scope key -> "Bearer …"
         self._basic = False  # the registry asked for Basic auth
@@ -411,7 +446,15 @@ class RegistryClient:
             if not location or redirects > MAX_REDIRECTS:
                 raise RegistryError(f'{method.capitalize()} "{url}": too many redirects')
             nxt = urllib.parse.urljoin(url, location)
-            same = urllib.parse.urlsplit(nxt).netloc == urllib.parse.urlsplit(url).netloc
+            target = urllib.parse.urlsplit(nxt)
+            # Blobs may live on another host (a CDN), but an operator's allow-list holds there too.
+            why = ("not an http(s) URL" if target.scheme not in ("http", "https")
+                   else "" if self.settings.is_allowed(target.netloc)
+                   else f"{target.netloc} is not in allowed_registries ({', '.join(self.settings.allowed)})")
+            if why:
+                raise FailedPrecondition(f'{method.capitalize()} "{url}": refusing to follow the redirect to '
+                                         f"{nxt.split('?', 1)[0]}: {why}")
+            same = target.netloc == urllib.parse.urlsplit(url).netloc
             hdrs = {k: v for k, v in (headers or {}).items()}
             auth = self._auth_header(scope_key)
             if auth and same:
@@ -462,7 +505,8 @@ class BlobReader:
         self.scopes = scopes
         self.on_bytes = on_bytes
         self.cancel = cancel
-        self.urls = [u for u in urls or [] if u.startswith(("http://", "https://"))]
+        self.urls = [u for u in urls or [] if u.startswith(("http://", "https://"))
+                     and client.settings.is_allowed(urllib.parse.urlsplit(u).netloc)]
         self.offset = 0
         self._resp: Response | None = None
         self._attempts = 0
@@ -491,11 +535,23 @@ class BlobReader:
         return self._check_range(resp, start)
 
     def _check_range(self, resp: Response, start: int) -> Response:
+        length = resp.header("Content-Length")
+        expect = self.size - (start if resp.status == 206 else 0)
+        if length.isdigit() and int(length) != expect:
+            # Known before a byte is read: no download (or resume) of what cannot be right.
+            resp.close()
+            total = int(length) + (start if resp.status == 206 else 0)
+            raise RegistryError(f"blob {self.digest} from {self.client.host} is {total} bytes, "
+                                f"its descriptor says {self.size}")
         if start and resp.status == 200:
             # The server ignored Range: skip what we already have.
             left = start
             while left:
-                chunk = resp.read(min(left, 1 << 20))
+                try:
+                    chunk = resp.read(min(left, 1 << 20))
+                except (OSError, http.client.HTTPException) as exc:
+                    resp.close()
+                    raise _read_error(resp.url, exc, self.client.timeout) from None
                 if not chunk:
                     break
                 left -= len(chunk)
@@ -514,7 +570,8 @@ class BlobReader:
             data, failure = b"", exc
         if data:
             self.offset += len(data)
-            if self.size and self.offset > self.size:
+            if self.offset > self.size:
+                self.close()
                 raise RegistryError(f"blob {self.digest} is larger than the {self.size} bytes its descriptor says")
             if self.on_bytes is not None:
                 self.on_bytes(len(data))
@@ -526,6 +583,10 @@ class BlobReader:
         self._resp.close()
         self._resp = None
         if self._attempts >= RESUME_ATTEMPTS:
+            if isinstance(failure, TimeoutError | socket.timeout):
+                raise RegistryError(f"error pulling blob {self.digest}: {self.client.host} sent no data for "
+                                    f"{self.client.timeout:g}s after {self.offset} of {self.size} bytes "
+                                    "(see registry_timeout)")
             raise RegistryError(f"error pulling blob {self.digest}: connection closed after {self.offset} of "
                                 f"{self.size} bytes")
         self._attempts += 1

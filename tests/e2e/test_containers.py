@@ -192,7 +192,9 @@ def test_zombies_are_reaped(services):
 def test_bad_input(services):
     one_line_error(services.berth("run", "--rm", "Bad::Ref", "true"), 125, "invalid reference format")
     # Not stored, so `run` pulls: from a local port where no registry listens.
-    one_line_error(services.berth("run", "--rm", "127.0.0.1:9/nosuchimage", "true"), 125, "127.0.0.1:9")
+    # (Like docker run: "Unable to find image '…' locally" first, then the error.)
+    one_line_error(services.berth("run", "--rm", "127.0.0.1:9/nosuchimage", "true"), 125, "127.0.0.1:9",
+                   max_lines=2)
     one_line_error(services.berth("stop", "nosuch"), 1, "No such container: nosuch")
     one_line_error(services.berth("inspect", "nosuch"), 1, "No such object: nosuch")
     one_line_error(services.berth("logs", "nosuch"), 1, "No such container")

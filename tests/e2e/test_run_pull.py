@@ -117,8 +117,9 @@ def test_run_platform_picks_from_an_index(berth: Services, registry: Registry, t
                         (arm, {"os": "linux", "architecture": "arm64"})])
     ref = f"{registry.host}/runpull/multi:1"
     push_index(tmp_path, ref, index, [amd, arm])
+    # Like docker create: "Unable to find image", the pull's first line, then the error.
     one_line_error(berth.berth("create", "--platform", "linux/riscv64", ref), 125,
-                   "no matching manifest for linux/riscv64")
+                   "no matching manifest for linux/riscv64", max_lines=3)
     cid = ok(berth.berth("create", "--platform", "linux/arm64", ref)).stdout.strip()
     try:
         got = json.loads(ok(berth.berth("image", "inspect", ref)).stdout)[0]
@@ -168,3 +169,43 @@ def test_create_shows_the_pull_on_stderr(berth: Services, registry: Registry, tm
     r = ok(berth.berth("create", ref))  # stored: silent
     assert r.stderr == ""
     ok(berth.berth("rm", r.stdout.strip()))
+
+
+def test_interrupted_run_during_the_pull_creates_nothing(berth: Services, registry: Registry,
+                                                         tmp_path: Path) -> None:
+    """Ctrl-C (here SIGKILL) of `run` while the image downloads: no container appears
+    afterwards, and the pull leaves no partial blob or layer behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.registry import FaultProxy
+
+    img = make_image([_app("slow\n"), images.layer_tar({"big.bin": os.urandom(6 << 20)})], compression="",
+                     cmd=["cat", "/app.txt"])
+    proxy = FaultProxy(registry.port, rate=1 << 20)  # 1 MB/s: the pull takes several seconds
+    ref = f"{proxy.host}/runpull/slow:1"
+    try:
+        push_image(tmp_path, f"{registry.host}/runpull/slow:1", img)
+        before = set(ok(berth.berth("ps", "-aq", "--no-trunc")).stdout.split())
+        from tests.harness import REPO
+
+        proc = subprocess.Popen([sys.executable, "-m", "cli", "run", "--rm", ref], env=berth.env, cwd=REPO,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert proc.stderr is not None
+        while "Pulling fs layer" not in (line := proc.stderr.readline()):
+            assert line, "the pull never started"
+        time.sleep(1)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and list((berth.root_dir / "image" / "tmp").iterdir()):
+            time.sleep(0.5)
+        assert not list((berth.root_dir / "image" / "tmp").iterdir())  # the pull was cancelled, cleaned up
+        time.sleep(2)
+        assert set(ok(berth.berth("ps", "-aq", "--no-trunc")).stdout.split()) == before
+        assert ok(berth.berth("images", "-q", ref)).stdout == ""
+    finally:
+        proxy.close()

@@ -1,9 +1,14 @@
 """The build context: a tar stream received into a private directory, .dockerignore applied.
 
-The tar is read in stream mode and each member goes straight to disk (through
-the safe-extraction checks of services/common/tarsafe.py), so a context of many
-files or large files never sits in memory. The directory lives in the image
-service's scratch space: a crash leaves nothing the next start does not sweep.
+The tar is read in stream mode and each member goes straight to disk through
+the layer unpacker's extractor (services/image/layers.py): it never follows a
+symlink, checks every parent with lstat (remembering the directories it made or
+checked), refuses `..` out of the root and hard links to outside, and writes a
+small file with one open, write and close. A context of many files or large
+files never sits in memory, and no file is fsynced: the directory lives in the
+image service's scratch space, which a crash leaves for the next start to sweep.
+Names that look like OCI whiteouts (`.wh.*`) are ordinary files in a context,
+so they are written under a neutral name and renamed.
 
 The .dockerignore file (or `<Dockerfile>.dockerignore`) is honoured while
 extracting once it has arrived, and once more at the end for what came before
@@ -13,22 +18,25 @@ read them; if they are excluded, they are removed before any COPY can see them.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import shutil
 import tarfile
 import tempfile
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common import tarsafe
 from services.common.errors import InvalidArgument
 from services.image.build.dockerignore import Matcher
-from services.image.layers import CORRUPT_ERRORS
+from services.image.layers import CORRUPT_ERRORS, WHITEOUT_PREFIX, UnsafeEntry, _Extractor, clean_name
 from services.image.streams import ChunkStream, buffered
 
 IGNORE_FILE = ".dockerignore"
+# What a name in the tar (not the host) can cause: too long, or a file where a dir must be.
+_BAD_NAME_ERRNOS = (errno.ENAMETOOLONG, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ELOOP, errno.EINVAL)
 IGNORE_LIMIT = 1 << 20
 
 
@@ -75,6 +83,7 @@ def receive(chunks: Iterator[bytes], scratch: Path, dockerfile: str = "Dockerfil
     try:
         stream = buffered(ChunkStream(chunks))
         try:
+            extractor = _Extractor(root)
             with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
                 for member in tar:
                     rel = _rel(member.name)
@@ -82,17 +91,24 @@ def receive(chunks: Iterator[bytes], scratch: Path, dockerfile: str = "Dockerfil
                         continue
                     if rel not in keep and matcher is not None and matcher.excluded(rel):
                         continue
-                    try:
-                        tarsafe.extract(tar, member, str(root))
-                    except tarfile.TarError as exc:
-                        raise InvalidArgument(f"invalid build context: {exc}") from None
+                    _place(extractor, tar, member)
                     if rel in candidates and (matcher_from is None
                                               or candidates.index(rel) < candidates.index(matcher_from)):
                         found = _read_ignore(root / rel)
                         if found is not None:
                             matcher, matcher_from = found, rel
+            extractor.finish()
         except CORRUPT_ERRORS as exc:
             raise InvalidArgument(f"invalid build context: not a tar stream ({exc})") from None
+        except UnsafeEntry as exc:
+            raise InvalidArgument("invalid build context: " + str(exc).replace(" in layer", "")
+                                  .replace("the layer", "the context")) from None
+        except OSError as exc:
+            if exc.errno not in _BAD_NAME_ERRNOS:
+                raise  # e.g. ENOSPC: the engine's trouble, not the context's
+            name = os.path.relpath(exc.filename, root) if isinstance(exc.filename, str) else "?"
+            raise InvalidArgument(f"invalid build context: {exc.strerror}: "
+                                  f"{name[:80] + '...' if len(name) > 80 else name}") from None
         for name in candidates:  # what arrived before the ignore file: prune it now
             found = _read_ignore(root / name)
             if found is not None:
@@ -105,6 +121,37 @@ def receive(chunks: Iterator[bytes], scratch: Path, dockerfile: str = "Dockerfil
         shutil.rmtree(root, ignore_errors=True)
         raise
     return Context(root, matcher)
+
+
+def _place(extractor: _Extractor, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+    """One member under the root; a `.wh.` name is written as `.berth-ctx-<n>` and renamed,
+    in the same (already checked) directory, so it stays an ordinary file."""
+    rel = clean_name(member.name)
+    parent, _, base = rel.rpartition("/")
+    if not base.startswith(WHITEOUT_PREFIX):
+        extractor.add(tar, member)
+        return
+    if member.isdir():  # made in place: a rename would leave the extractor's records behind
+        extractor.ensure_dir(parent)
+        path = os.path.join(extractor.root, rel)
+        if os.path.lexists(path) and (os.path.islink(path) or not os.path.isdir(path)):
+            os.unlink(path)
+        if not os.path.lexists(path):
+            os.mkdir(path, 0o700)
+        os.lchown(path, member.uid, member.gid)
+        os.chmod(path, member.mode & 0o7777)
+        extractor.dirs.add(rel)
+        extractor.dir_times.append((path, int(member.mtime)))
+        return
+    real = member.name
+    member.name = f"{parent}/.berth-ctx-{uuid.uuid4().hex}" if parent else f".berth-ctx-{uuid.uuid4().hex}"
+    extractor.add(tar, member)
+    target = os.path.join(extractor.root, parent, base)
+    if os.path.isdir(target) and not os.path.islink(target):
+        shutil.rmtree(target)
+    extractor._forget(rel)  # noqa: SLF001 - no longer a directory later names may go through
+    os.rename(os.path.join(extractor.root, member.name), target)
+    member.name = real
 
 
 def prune(root: Path, matcher: Matcher, keep: set[str]) -> None:

@@ -45,10 +45,12 @@ class CopyPlan:
     from_context: bool = False  # sources are the private context dir: files may be hard-linked once
 
 
-def _walk_all(view: RootView, rel: str = "") -> Iterator[str]:
+def _walk_all(view: RootView, rel: str = "") -> Iterator[tuple[str, Entry]]:
+    """(path, visible entry) below `rel`, depth first in name order; the merged listing already
+    holds each entry, so nothing is looked up twice."""
     for name, entry in sorted(view.children(rel).items()):
         child = f"{rel}/{name}" if rel else name
-        yield child
+        yield child, entry
         if stat.S_ISDIR(entry.st.st_mode):
             yield from _walk_all(view, child)
 
@@ -59,11 +61,8 @@ def match_sources(view: RootView, patterns: list[str], what: str) -> list[tuple[
         rel = clean_rel(pattern)
         if _GLOB_CHARS.search(rel):
             regex = _compile(rel)
-            hits = [p for p in _walk_all(view) if regex.match(p)]
-            for p in hits:
-                entry = view.lookup(p)
-                if entry is not None:
-                    out.append((p, entry))
+            hits = [(p, entry) for p, entry in _walk_all(view) if regex.match(p)]
+            out.extend(hits)
             if not hits:
                 raise FailedPrecondition(f"lstat {pattern}: no source files were specified ({what})")
             continue
@@ -140,10 +139,8 @@ def _entries(src: Source) -> Iterator[tuple[str, Entry]]:
     """(path below the source, entry), the source itself first as ""."""
     yield "", src.entry
     if stat.S_ISDIR(src.entry.st.st_mode):
-        for p in _walk_all(src.view, src.rel):
-            entry = src.view.lookup(p)
-            if entry is not None:
-                yield p[len(src.rel) + 1:] if src.rel else p, entry
+        for p, entry in _walk_all(src.view, src.rel):
+            yield p[len(src.rel) + 1:] if src.rel else p, entry
 
 
 def _target_of(plan: CopyPlan, src: Source, sub: str) -> str:

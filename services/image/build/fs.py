@@ -37,6 +37,10 @@ class RootView:
     def __init__(self, layers: list[str], writable: bool = False) -> None:
         self.layers = layers
         self.writable = writable
+        # ensure_dir's answers (asked path -> resolved path, a real dir in the upper dir): a COPY
+        # of many files asks for the same few parents thousands of times. Forgotten whenever a
+        # write replaces a directory or a symlink, the only changes that could alter them.
+        self._dirs: dict[str, str] = {}
 
     @property
     def upper(self) -> str:
@@ -174,6 +178,9 @@ class RootView:
 
     def ensure_dir(self, rel: str, uid: int = 0, gid: int = 0, mode: int = 0o755) -> str:
         """Make `rel` (symlinks resolved) a directory in the merged view; returns the resolved path."""
+        asked = rel
+        if asked in self._dirs:
+            return self._dirs[asked]
         rel = self.resolve(rel)
         done: list[str] = []
         for part in rel.split("/") if rel else []:
@@ -203,6 +210,7 @@ class RootView:
                 os.chmod(upath, mode)
                 if was_whiteout:
                     os.setxattr(upath, OPAQUE_XATTR, b"y")
+        self._dirs[asked] = rel
         return rel
 
     def _prepare_target(self, rel: str, is_dir: bool) -> tuple[str, bool]:
@@ -215,6 +223,8 @@ class RootView:
         entry = self.lookup(rel)
         if is_dir and entry is not None and stat.S_ISDIR(entry.st.st_mode):
             return self._upper_path(rel), False  # merge into the existing directory
+        if entry is not None and (stat.S_ISDIR(entry.st.st_mode) or stat.S_ISLNK(entry.st.st_mode)):
+            self._dirs.clear()  # a directory or symlink goes: paths through it may resolve anew
         was_whiteout = self._clear_upper(rel)
         lower_dir_below = entry is None and was_whiteout
         return self._upper_path(rel), is_dir and lower_dir_below

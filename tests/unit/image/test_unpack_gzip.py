@@ -80,3 +80,21 @@ def test_corrupt_errors_cover_the_inflate_library() -> None:
     from services.image import layers
 
     assert zlib.error in CORRUPT_ERRORS and layers._inflate_lib.error in CORRUPT_ERRORS
+
+
+def test_inflate_memory_is_bounded_for_a_gzip_bomb() -> None:
+    """128 MB of zeros is ~130 kB of gzip: inflating it must never hold much of it at once."""
+    import tracemalloc
+
+    comp = zlib.compressobj(9, zlib.DEFLATED, 31)
+    zeros = bytes(1 << 20)
+    blob = b"".join(comp.compress(zeros) for _ in range(128)) + comp.flush()
+    assert len(blob) < 1 << 20
+    tracemalloc.start()
+    try:
+        result = unpack(io.BytesIO(blob), None)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.diff_id == sha(bytes(128 << 20))
+    assert peak < 40 << 20, f"peak {peak >> 20} MB"

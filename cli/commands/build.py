@@ -223,8 +223,8 @@ class LiveProgress:
         from rich.text import Text
 
         now = time.monotonic()
-        parts: list[Any] = [Text(f"[+] Building {now - self.started:.1f}s ({self.done}/{self.total})",
-                                 style="bold blue")]
+        counts = f" ({self.done}/{self.total})" if self.total else ""
+        parts: list[Any] = [Text(f"[+] Building {now - self.started:.1f}s{counts}", style="bold blue")]
         for step, start in self.running.values():
             parts.append(self._line(step, now - start, style="blue"))
         parts += [Text(f"=> => # {line}", style="dim", no_wrap=True, overflow="ellipsis")

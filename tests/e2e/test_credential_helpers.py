@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -49,12 +50,15 @@ def registry() -> Iterator[Registry]:
 
 
 @pytest.fixture(scope="module")
-def bindir() -> Path:
+def bindir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="berth-cred-helper-"))
     helper = d / "docker-credential-berthtest"
     helper.write_text(HELPER)
     helper.chmod(0o755)
-    return d
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

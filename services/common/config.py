@@ -9,6 +9,7 @@ private set of services next to a system one.
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ class Config:
     tls_cacert: str = ""
     tls_cert: str = ""
     tls_key: str = ""
+    # Largest uncompressed layer the image service unpacks (a gzip bomb stops there); 0: no cap.
+    max_layer_size: int = 16 << 30
 
     @property
     def image_dir(self) -> Path:
@@ -53,6 +56,14 @@ class Config:
 
     def socket_for(self, service: str) -> Path:
         return {"api": self.api_socket, "image": self.image_socket, "runtime": self.runtime_socket}[service]
+
+
+def _size(text: str, key: str) -> int:
+    """A byte count, plain or with a k/m/g/t suffix; a bad value stops the service with one line."""
+    m = re.match(r"^\s*(\d+)\s*([kmgt]?)b?\s*$", text, re.IGNORECASE)
+    if m is None:
+        raise SystemExit(f"berth: invalid {key} {text!r}: expected bytes, e.g. 512m or 16g")
+    return int(m.group(1)) << {"": 0, "k": 10, "m": 20, "g": 30, "t": 40}[m.group(2).lower()]
 
 
 def _file_values(path: str) -> dict[str, str]:
@@ -90,4 +101,5 @@ def load(environ: dict[str, str] | None = None) -> Config:
         tls_cacert=get("tls_cacert", ""),
         tls_cert=get("tls_cert", ""),
         tls_key=get("tls_key", ""),
+        max_layer_size=_size(get("max_layer_size", str(16 << 30)), "max_layer_size"),
     )

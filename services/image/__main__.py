@@ -19,7 +19,7 @@ from services.image.store import ImageStore
 
 def main() -> None:
     cfg = config.load()
-    store = ImageStore(cfg.image_dir, cfg.image_db_url)
+    store = ImageStore(cfg.image_dir, cfg.image_db_url, cfg.max_layer_size)
     builder = BuilderServicer(store)  # leases the build cache's layers, so reconcile spares them
     store.reconcile()
 

@@ -18,6 +18,7 @@ since creates in one directory serialize on its lock, and more CPU.)
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import hashlib
 import lzma
@@ -374,23 +375,53 @@ def _uncompressed(src: Readable) -> tuple[HashingReader | _GzipInflater, object]
     return HashingReader(stream), stream
 
 
-def unpack(src: Readable, dest: Path | None) -> UnpackResult:
+class LayerTooLarge(InvalidArgument):
+    """More uncompressed bytes than `max_layer_size` allows: a gzip bomb, or just too big."""
+
+
+class _Capped:
+    """Count what is read from the uncompressed stream; past `limit` bytes, stop the unpack."""
+
+    def __init__(self, src: Readable, limit: int) -> None:
+        self.src = src
+        self.limit = limit
+        self.seen = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.src.read(n)
+        self.seen += len(data)
+        if self.seen > self.limit:
+            raise LayerTooLarge(f"layer exceeds the size cap of {self.limit} bytes uncompressed "
+                                "(max_layer_size in the configuration)")
+        return data
+
+
+def unpack(src: Readable, dest: Path | None, max_size: int = 0) -> UnpackResult:
     """Decompress, hash and (unless `dest` is None) extract a layer tar.
 
     The diff id covers the whole uncompressed stream, tar padding included, so
-    it matches what `sha256sum` of the uncompressed tar prints.
+    it matches what `sha256sum` of the uncompressed tar prints. With `max_size`,
+    more uncompressed bytes than that abort the unpack (a gzip bomb stops early).
     """
     hashed, stream = _uncompressed(src)
+    reader: Readable = _Capped(hashed, max_size) if max_size > 0 else hashed
     try:
         if dest is None:
-            hashed.drain()
+            while reader.read(CHUNK):
+                pass
             return UnpackResult(hashed.digest, 0)
         ex = _Extractor(dest)
-        with tarfile.open(fileobj=hashed, mode="r|", bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=TAR_BUFSIZE) as tar:  # type: ignore[call-overload]
             for info in tar:
-                ex.add(tar, info)
+                try:
+                    ex.add(tar, info)
+                except OSError as exc:
+                    if exc.errno == errno.ENAMETOOLONG:
+                        raise InvalidArgument(f"invalid layer tar: name too long: {info.name[:80]}…") from None
+                    raise
         ex.finish()
-        hashed.drain()
+        while reader.read(CHUNK):
+            pass
         return UnpackResult(hashed.digest, ex.size)
     except CORRUPT_ERRORS as exc:
         raise InvalidArgument(f"invalid layer tar: {exc}") from None
@@ -418,9 +449,10 @@ class StagedLayer:
 class LayerStore:
     """Unpacked layers under `<root>/<chain-hex>/`; staging dirs live in `scratch`."""
 
-    def __init__(self, root: Path, scratch: Path) -> None:
+    def __init__(self, root: Path, scratch: Path, max_layer_size: int = 0) -> None:
         self.root = root
         self.scratch = scratch
+        self.max_layer_size = max_layer_size  # uncompressed bytes; 0: no cap
         root.mkdir(parents=True, exist_ok=True)
         scratch.mkdir(parents=True, exist_ok=True)
 
@@ -435,7 +467,7 @@ class LayerStore:
         tmp = Path(tempfile.mkdtemp(prefix="layer-", dir=self.scratch))
         try:
             os.chmod(tmp, 0o755)  # a tar without a "./" entry still gives a usable root
-            result = unpack(src, tmp)
+            result = unpack(src, tmp, self.max_layer_size)
         except BaseException:
             remove_tree(tmp)
             raise

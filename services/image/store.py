@@ -93,13 +93,13 @@ class Removal:
 class ImageStore:
     """All image state under one root directory and one database."""
 
-    def __init__(self, root: Path, db_url: str) -> None:
+    def __init__(self, root: Path, db_url: str, max_layer_size: int = 0) -> None:
         self.root = root
         self.scratch = root / "tmp"
         root.mkdir(parents=True, exist_ok=True)
         self._sweep_scratch()
         self.content = LocalContentStore(root / "blobs", self.scratch)
-        self.layers = LayerStore(root / "layers", self.scratch)
+        self.layers = LayerStore(root / "layers", self.scratch, max_layer_size)
         self.snapshots = OverlaySnapshotter(root / "snapshots", self.scratch, root / "empty")
         self._sessions = open_db(db_url, Base)
         self.lock = threading.RLock()

@@ -282,6 +282,22 @@ class LiveProgress:
             self.console.print(f"=> => naming to {t} done", soft_wrap=True, markup=False)
 
 
+def stream_build(client: Client, options, root: Path, shown: Progress | LiveProgress):  # noqa: ANN001, ANN201
+    """Send options and context, show the events; the built image, or None if none came."""
+    image = None
+    for ev in client.stream(client.stub.Build(_requests(client, options, root))):
+        kind = ev.WhichOneof("item")
+        if kind == "step":
+            shown.step(ev.step)
+        elif kind == "output":
+            shown.text(ev.output.data)
+        elif kind == "status":
+            shown.status(ev.status)
+        elif kind == "image":
+            image = ev.image
+    return image
+
+
 def build(path: str = typer.Argument(..., metavar="PATH", help="The build context directory"),
           tag: list[str] = typer.Option([], "-t", "--tag", help="Name and optionally a tag (name:tag)"),
           file: str = typer.Option("", "-f", "--file", help="Name of the Dockerfile (default: PATH/Dockerfile)"),
@@ -328,18 +344,8 @@ def build(path: str = typer.Argument(..., metavar="PATH", help="The build contex
         no_cache=no_cache, pull=pull, platform=platform, labels=pairs(label), network=network)
     mode = progress if progress != "auto" else ("tty" if sys.stderr.isatty() else "plain")
     shown: Progress | LiveProgress = LiveProgress(quiet) if mode == "tty" else Progress(mode, quiet)
-    image = None
     try:
-        for ev in client.stream(client.stub.Build(_requests(client, options, root))):
-            kind = ev.WhichOneof("item")
-            if kind == "step":
-                shown.step(ev.step)
-            elif kind == "output":
-                shown.text(ev.output.data)
-            elif kind == "status":
-                shown.status(ev.status)
-            elif kind == "image":
-                image = ev.image
+        image = stream_build(client, options, root, shown)
     except CliError as err:
         if isinstance(shown, LiveProgress):
             shown.fail()

@@ -434,24 +434,7 @@ def save(images_: list[str] = typer.Argument(..., metavar="IMAGE..."),
         raise CliError("berth: cowardly refusing to save to a terminal. Use the -o flag or redirect", 1)
     api = images_client()
     chunks = api.stream("Save", api.pb.SaveRequest(references=images_, format=format_))
-    if not out:
-        sink = sys.stdout.buffer
-        for chunk in chunks:
-            sink.write(chunk.data)
-        sink.flush()
-        return
-    target = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent if str(target.parent) else ".")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            for chunk in chunks:
-                f.write(chunk.data)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)  # a failed save never leaves a truncated archive under the name
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    output.write_stream((chunk.data for chunk in chunks), out, "save")
 
 
 def _ellipsis(text: str, width: int) -> str:

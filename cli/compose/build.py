@@ -15,7 +15,7 @@ from cli.compose.errors import ComposeError
 def build_image(client: Any, conf: dict, tag: str, no_cache: bool = False, pull: bool = False,
                 service: str = "") -> str:
     """Build one service's image, tagged `tag`; returns the image id."""
-    from cli.commands.build import Progress, _requests
+    from cli.commands.build import Progress, stream_build
 
     root = Path(conf["context"])
     if not root.is_dir():
@@ -37,21 +37,11 @@ def build_image(client: Any, conf: dict, tag: str, no_cache: bool = False, pull:
         target=conf.get("target", ""), labels=conf.get("labels", {}), no_cache=no_cache or conf.get("no_cache", False),
         pull=pull)
     shown = Progress("tty" if sys.stderr.isatty() else "plain", quiet=False)
-    image_id = ""
     try:
-        for ev in client.stream(client.stub.Build(_requests(client, options, root))):
-            kind = ev.WhichOneof("item")
-            if kind == "step":
-                shown.step(ev.step)
-            elif kind == "output":
-                shown.text(ev.output.data)
-            elif kind == "status":
-                shown.status(ev.status)
-            elif kind == "image":
-                image_id = ev.image.id
+        image = stream_build(client, options, root, shown)
     except CliError as err:
         why = str(err).removeprefix("Error response from daemon: ")
         raise ComposeError(f'service "{service}": build failed: {why}') from None
-    if not image_id:
+    if image is None:
         raise ComposeError(f'service "{service}": the build ended without an image')
-    return image_id
+    return image.id

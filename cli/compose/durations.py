@@ -1,16 +1,14 @@
-"""Go-style durations (`1m30s`, `500ms`, `10s`), as compose files write intervals and grace periods."""
+"""Durations in compose files: Go-style strings (`1m30s`, `500ms`) or bare numbers of seconds."""
 
 from __future__ import annotations
 
 import re
 
-UNITS = {"ns": 1, "us": 1_000, "µs": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000,
-         "h": 3_600_000_000_000}
-PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+from cli.timeparse import parse_duration
 
 
 def parse_duration_ns(value: object) -> int:
-    """Nanoseconds of a duration string; a bare number is seconds. ValueError if malformed."""
+    """Nanoseconds of a duration; a bare number is seconds. ValueError if malformed."""
     if isinstance(value, bool):
         raise ValueError(f"invalid duration: {value!r}")
     if isinstance(value, int | float):
@@ -18,12 +16,7 @@ def parse_duration_ns(value: object) -> int:
     text = str(value).strip()
     if re.fullmatch(r"\d+(?:\.\d+)?", text):
         return int(float(text) * 1_000_000_000)
-    pos, total = 0, 0.0
-    for m in PART.finditer(text):
-        if m.start() != pos:
-            break
-        total += float(m.group(1)) * UNITS[m.group(2)]
-        pos = m.end()
-    if not text or pos != len(text):
-        raise ValueError(f"invalid duration: {value!r}")
-    return int(total)
+    try:
+        return round(parse_duration(text) * 1_000_000_000)
+    except ValueError:
+        raise ValueError(f"invalid duration: {value!r}") from None

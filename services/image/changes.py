@@ -21,22 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from services.image.layers import OPAQUE_XATTR, WHITEOUT_OPAQUE, WHITEOUT_PREFIX
+from services.image.build.fs import RootView
+from services.image.layers import WHITEOUT_OPAQUE, WHITEOUT_PREFIX, is_opaque, is_whiteout
 
 # Overlayfs bookkeeping that must never travel inside a layer.
 _OVERLAY_XATTR_PREFIX = "trusted.overlay."
 ADDED, MODIFIED, DELETED = "A", "C", "D"
-
-
-def is_whiteout(st: os.stat_result) -> bool:
-    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
-
-
-def is_opaque(path: str) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
 
 
 def _walk(root: str, rel: str = "") -> Iterator[tuple[str, os.stat_result]]:
@@ -140,42 +130,6 @@ def write_layer(upper: Path, out: BinaryIO) -> None:
 # ---- diff -----------------------------------------------------------------------
 
 
-class LowerView:
-    """Lookups in an image's layers (overlay lower dirs, topmost first), whiteouts honoured."""
-
-    def __init__(self, lowerdirs: list[str]) -> None:
-        self.lowers = lowerdirs
-
-    def exists(self, rel: str) -> bool:
-        parts = rel.split("/")
-        for lower in self.lowers:
-            found = self._lookup(lower, parts)
-            if found is not None:
-                return found
-        return False
-
-    @staticmethod
-    def _lookup(lower: str, parts: list[str]) -> bool | None:
-        """True: present here; False: hidden here (whiteout or opaque parent); None: look lower."""
-        path = lower
-        for i, part in enumerate(parts):
-            path = os.path.join(path, part)
-            try:
-                st = os.lstat(path)
-            except (FileNotFoundError, NotADirectoryError):
-                return None
-            if is_whiteout(st):
-                return False
-            if i < len(parts) - 1:
-                if not stat.S_ISDIR(st.st_mode):
-                    return False  # a file here shadows a directory below
-                if is_opaque(path):
-                    # Nothing below this directory shows through; only this layer counts.
-                    rest = os.path.join(path, *parts[i + 1:])
-                    return os.path.lexists(rest) and not is_whiteout(os.lstat(rest))
-        return True
-
-
 @dataclass
 class Change:
     kind: str  # A, C or D
@@ -184,7 +138,7 @@ class Change:
 
 def diff(upper: Path, lowerdirs: list[str]) -> list[Change]:
     """`docker diff`: what the upper dir adds, changes and deletes, sorted by path."""
-    lower = LowerView(lowerdirs)
+    lower = RootView(lowerdirs)
     out: list[Change] = []
     root = str(upper)
     hidden: list[str] = []  # opaque dirs: their children are new even if the name existed below
@@ -193,7 +147,7 @@ def diff(upper: Path, lowerdirs: list[str]) -> list[Change]:
             out.append(Change(DELETED, "/" + rel))
             continue
         under_opaque = any(rel.startswith(h + "/") for h in hidden)
-        existed = not under_opaque and lower.exists(rel)
+        existed = not under_opaque and lower.lookup(rel) is not None
         out.append(Change(MODIFIED if existed else ADDED, "/" + rel))
         if stat.S_ISDIR(st.st_mode) and is_opaque(os.path.join(root, rel)):
             hidden.append(rel)
@@ -204,53 +158,19 @@ def diff(upper: Path, lowerdirs: list[str]) -> list[Change]:
 
 
 def write_merged(layers: list[str], out: BinaryIO) -> None:
-    """Write the union of `layers` (topmost first, the upper dir included) as one tar.
-
-    The same rules overlayfs applies when it mounts them: the topmost entry of a
-    name wins, whiteouts hide a name, a non-directory hides everything below it,
-    and an opaque directory hides the directories of the same name below it.
-    """
+    """Write the union of `layers` (topmost first, the upper dir included) as one tar,
+    by overlayfs's rules (services/image/build/fs.py's RootView applies them)."""
     w = _TarWriter(out)
-    _merge_dir(w, layers, "")
+    view = RootView(layers)
+
+    def walk(rel: str) -> None:
+        children = view.children(rel)
+        for name in sorted(children):
+            entry = children[name]
+            child = f"{rel}/{name}" if rel else name
+            w.add(entry.path, child, entry.st)
+            if stat.S_ISDIR(entry.st.st_mode):
+                walk(child)
+
+    walk("")
     w.close()
-
-
-def _merge_dir(w: _TarWriter, layers: list[str], rel: str) -> None:
-    """Emit the children of directory `rel`, as seen through `layers` (topmost first)."""
-    chosen: dict[str, tuple[str, os.stat_result]] = {}
-    dir_layers: dict[str, list[str]] = {}
-    hidden: set[str] = set()
-    for layer in layers:
-        base = os.path.join(layer, rel) if rel else layer
-        try:
-            names = os.listdir(base)
-        except (FileNotFoundError, NotADirectoryError):
-            names = []
-        for name in names:
-            if name in hidden:
-                continue
-            path = os.path.join(base, name)
-            st = os.lstat(path)
-            if is_whiteout(st):
-                hidden.add(name)
-                continue
-            if name not in chosen:
-                chosen[name] = (path, st)
-                if stat.S_ISDIR(st.st_mode):
-                    dir_layers[name] = [layer]
-                    if is_opaque(path):
-                        hidden.add(name)  # no lower directory of this name contributes
-                else:
-                    hidden.add(name)
-            elif stat.S_ISDIR(st.st_mode) and name in dir_layers:
-                dir_layers[name].append(layer)
-                if is_opaque(path):
-                    hidden.add(name)
-            else:
-                hidden.add(name)  # a file below a directory of the same name: hidden
-    for name in sorted(chosen):
-        path, st = chosen[name]
-        child = f"{rel}/{name}" if rel else name
-        w.add(path, child, st)
-        if name in dir_layers:
-            _merge_dir(w, dir_layers[name], child)

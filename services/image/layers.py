@@ -54,6 +54,18 @@ CORRUPT_ERRORS = (tarfile.TarError, EOFError, zlib.error, _inflate_lib.error, gz
                   UnicodeError)
 
 
+def is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def is_opaque(path: str) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
     """OCI chain ids: chain(L0)=diffid(L0), chain(Ln)=sha256(chain(n-1) + " " + diffid(Ln))."""
     out: list[str] = []

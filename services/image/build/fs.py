@@ -19,8 +19,7 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from services.common.errors import InvalidArgument
-from services.image.changes import is_opaque, is_whiteout
-from services.image.layers import OPAQUE_XATTR
+from services.image.layers import OPAQUE_XATTR, is_opaque, is_whiteout
 
 MAX_LINKS = 40
 

@@ -89,6 +89,10 @@ class NetworkManager:
         self.tag = tag
         self.default_bridge = f"{tag}0"
         self.table = tag
+        # The rule set last loaded: a container without published ports on an existing
+        # bridge changes nothing, and skipping the identical reload saves an `nft` run
+        # (~20 ms) on each start and on each exit.
+        self._applied: str | None = None
         self.default_subnet = default_subnet
         self.lock = threading.RLock()
         self.mtu = 1500
@@ -180,6 +184,7 @@ class NetworkManager:
             for net in nets:
                 links.delete_link(net.bridge)
             nft.delete_table(self.table)
+            self._applied = None
 
     # ---- lookups ----------------------------------------------------------------------
     def _networks(self) -> list[NetworkRecord]:
@@ -567,8 +572,12 @@ class NetworkManager:
                        for n in s.scalars(select(NetworkRecord).where(NetworkRecord.driver == "bridge")).all()]
             publish = [nft.Publish(p.protocol, p.host_ip, p.host_port, p.container_ip, p.container_port)
                        for p in s.scalars(select(PortRecord)).all() if p.container_ip]
+        rules = nft.Ruleset(self.table, bridges, publish)
+        if rules.render() == self._applied:
+            return
         try:
-            nft.apply(nft.Ruleset(self.table, bridges, publish))
+            nft.apply(rules)
+            self._applied = rules.render()
         except errors.FailedPrecondition:
             if publish:
                 raise

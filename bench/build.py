@@ -68,6 +68,7 @@ def main() -> None:
     rootfs = base / "busybox.tar"
     rootfs.write_bytes(images.busybox_rootfs_bytes())
     results: dict[str, dict[str, list[float]]] = {}
+    (base / "berth").mkdir()
     svc = Services(base / "berth")
     try:
         svc.start()

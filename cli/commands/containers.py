@@ -176,16 +176,22 @@ def run(
     if tty and not detach:
         signal.signal(signal.SIGHUP, _hang_up)  # a closed terminal: leave cleanly, the container runs on
 
-    from cli.commands.registry import RunPullView
+    views: list[Any] = []  # the pull's progress view, made (and its module imported) only if a pull happens
 
-    pull_view = RunPullView(raw_terminal=tty and interactive and not detach)
+    def close_view() -> None:
+        for view in views:
+            view.close()
 
     def handle(resp) -> int | None:  # noqa: ANN001
         kind = resp.WhichOneof("item")
         if kind == "pull":
-            pull_view(resp.pull)
+            if not views:
+                from cli.commands.registry import RunPullView
+
+                views.append(RunPullView(raw_terminal=tty and interactive and not detach))
+            views[0](resp.pull)
             return None
-        pull_view.close()
+        close_view()
         if kind == "output":
             write_output(resp.output.data, resp.output.stream == client.types.Output.STDERR)
         elif kind == "container_id" and detach:
@@ -201,7 +207,7 @@ def run(
         e.exit_code = 125 if e.exit_code == 1 else e.exit_code
         raise e from None
     finally:
-        pull_view.close()
+        close_view()
     raise typer.Exit(exit_code or 0)
 
 
@@ -241,7 +247,7 @@ def _pull_for_create(client: Client, spec: Any) -> None:
 
 def _pull_settings(client: Client, spec: Any, image: str, pull: str, platform: str) -> None:
     """--pull, --platform and the registry's credentials from config.json, for a missing image."""
-    from cli.commands.registry import auth_for, registry_of
+    from cli.auth import auth_for, registry_of
 
     if pull not in ("always", "missing", "never"):
         raise CliError(f"berth: invalid pull option: '{pull}': must be one of \"always\", \"missing\" or \"never\"",

@@ -123,7 +123,8 @@ class Engine:
             return ""
 
     def pull(self, services: list[str], quiet: bool = True, ignore_failures: bool = False) -> None:
-        from cli.commands.registry import _follow, auth_for, images_client, registry_of
+        from cli.auth import auth_for, registry_of
+        from cli.commands.registry import _follow, images_client
 
         api = images_client()
         for s in services:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ import pytest
 from tests.e2e.assertions import ok, one_line_error
 from tests.e2e.test_network import fetch, free_port, needs_loopback_nat
 from tests.harness import Services
-from tests.registry import Registry
 
 pytestmark = pytest.mark.usefixtures("clean_host")
 
@@ -229,15 +227,6 @@ services:
     ok(r)
     assert image not in ok(services.berth("images")).stdout
     assert _leftovers(services, project) == []
-
-
-@pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    reg = Registry("none").start()
-    try:
-        yield reg
-    finally:
-        reg.close()
 
 
 def test_pull_from_a_registry(services, registry, tmp_path):

@@ -41,15 +41,6 @@ esac
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    reg = Registry("htpasswd").start()
-    try:
-        yield reg
-    finally:
-        reg.close()
-
-
-@pytest.fixture(scope="module")
 def bindir() -> Iterator[Path]:
     d = Path(tempfile.mkdtemp(prefix="berth-cred-helper-"))
     helper = d / "docker-credential-berthtest"
@@ -85,9 +76,9 @@ def _store(bindir: Path, server: str) -> Path:
     return bindir / "store" / "".join(c if c.isalnum() else "_" for c in server)
 
 
-def test_cred_helper_supplies_pull_and_run_credentials(berth: Services, registry: Registry, bindir: Path,
+def test_cred_helper_supplies_pull_and_run_credentials(berth: Services, basic_registry: Registry, bindir: Path,
                                                        tmp_path: Path) -> None:
-    host = registry.host
+    host = basic_registry.host
     ref = f"{host}/helped/app:1"
     img = make_image([images.busybox_rootfs_bytes({"who.txt": b"helped\n"})], cmd=["cat", "/who.txt"])
     push_image(tmp_path, ref, img, creds=f"alice:{PASSWORD}")
@@ -110,17 +101,17 @@ def test_cred_helper_supplies_pull_and_run_credentials(berth: Services, registry
         assert PASSWORD not in berth.log(name)
 
 
-def test_missing_helper_is_one_line(berth: Services, registry: Registry) -> None:
+def test_missing_helper_is_one_line(berth: Services, basic_registry: Registry) -> None:
     _config(berth, {"credsStore": "nonexistent"})
-    one_line_error(berth.berth("pull", f"{registry.host}/x/y:1"), 1,
+    one_line_error(berth.berth("pull", f"{basic_registry.host}/x/y:1"), 1,
                    '"docker-credential-nonexistent": executable file not found')
-    one_line_error(berth.berth("run", "--rm", f"{registry.host}/x/y:1"), 125,
+    one_line_error(berth.berth("run", "--rm", f"{basic_registry.host}/x/y:1"), 125,
                    '"docker-credential-nonexistent": executable file not found')
 
 
-def test_login_and_logout_go_through_creds_store(berth: Services, registry: Registry, bindir: Path,
+def test_login_and_logout_go_through_creds_store(berth: Services, basic_registry: Registry, bindir: Path,
                                                  tmp_path: Path) -> None:
-    host = registry.host
+    host = basic_registry.host
     config = _config(berth, {"credsStore": "berthtest"})
     _store(bindir, host).unlink(missing_ok=True)
     ok(berth.berth("login", host, "-u", "alice", "--password-stdin", input=PASSWORD + "\n"))

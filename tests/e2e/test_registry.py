@@ -28,24 +28,6 @@ PASSWORD = USERS["alice"]
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    reg = Registry("none").start()
-    try:
-        yield reg
-    finally:
-        reg.close()
-
-
-@pytest.fixture(scope="module")
-def basic_registry() -> Iterator[Registry]:
-    reg = Registry("htpasswd").start()
-    try:
-        yield reg
-    finally:
-        reg.close()
-
-
-@pytest.fixture(scope="module")
 def berth() -> Iterator[Services]:
     """A private Berth whose CLI keeps its credentials in a temp DOCKER_CONFIG."""
     base = Path(tempfile.mkdtemp(prefix="berth-e2e-registry-"))

@@ -18,24 +18,6 @@ from tests.registry import USERS, Registry, make_image, make_index, push_image, 
 
 
 @pytest.fixture(scope="module")
-def registry() -> Iterator[Registry]:
-    reg = Registry("none").start()
-    try:
-        yield reg
-    finally:
-        reg.close()
-
-
-@pytest.fixture(scope="module")
-def basic_registry() -> Iterator[Registry]:
-    reg = Registry("htpasswd").start()
-    try:
-        yield reg
-    finally:
-        reg.close()
-
-
-@pytest.fixture(scope="module")
 def berth() -> Iterator[Services]:
     base = Path(tempfile.mkdtemp(prefix="berth-e2e-run-pull-"))
     svc = Services(base, extra_env={"DOCKER_CONFIG": str(base / "docker-config")})

@@ -111,11 +111,41 @@ def _xattrs(path: str) -> dict[str, str]:
     return out
 
 
+# What the runtime leaves in an upper dir as mount points (Docker keeps these in an
+# "init layer" below the container's): empty, they are no change of the container's own.
+MOUNT_POINTS = frozenset({"etc/hostname", "etc/hosts", "etc/resolv.conf", "etc/mtab", "proc", "sys", "dev"})
+
+
+def is_mount_point(root: str, rel: str, st: os.stat_result) -> bool:
+    if rel not in MOUNT_POINTS:
+        return False
+    if stat.S_ISREG(st.st_mode):
+        return st.st_size == 0
+    return stat.S_ISDIR(st.st_mode) and not os.listdir(os.path.join(root, rel))
+
+
+def drop_mount_points(upper: Path) -> None:
+    """Remove the runtime's empty mount points from an upper dir no container uses any more
+    (a finished RUN step), so the layer dir matches the layer tar written from it."""
+    root = str(upper)
+    for rel in sorted(MOUNT_POINTS, reverse=True):
+        path = os.path.join(root, rel)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if is_mount_point(root, rel, st):
+            (os.rmdir if stat.S_ISDIR(st.st_mode) else os.unlink)(path)
+
+
 def write_layer(upper: Path, out: BinaryIO) -> None:
-    """Write `upper` as an OCI layer tar: whiteout devices and opaque dirs translated."""
+    """Write `upper` as an OCI layer tar: whiteout devices and opaque dirs translated,
+    the runtime's empty mount points left out."""
     w = _TarWriter(out)
     root = str(upper)
     for rel, st in _walk(root):
+        if is_mount_point(root, rel, st):
+            continue
         path = os.path.join(root, rel)
         parent, _, name = rel.rpartition("/")
         if is_whiteout(st):
@@ -142,16 +172,22 @@ def diff(upper: Path, lowerdirs: list[str]) -> list[Change]:
     out: list[Change] = []
     root = str(upper)
     hidden: list[str] = []  # opaque dirs: their children are new even if the name existed below
+    skipped: list[str] = []
     for rel, st in _walk(root):
         if is_whiteout(st):
             out.append(Change(DELETED, "/" + rel))
+            continue
+        if is_mount_point(root, rel, st):
+            skipped.append("/" + rel)
             continue
         under_opaque = any(rel.startswith(h + "/") for h in hidden)
         existed = not under_opaque and lower.lookup(rel) is not None
         out.append(Change(MODIFIED if existed else ADDED, "/" + rel))
         if stat.S_ISDIR(st.st_mode) and is_opaque(os.path.join(root, rel)):
             hidden.append(rel)
-    return out
+    # A directory copied up only to hold a mount point (/etc for /etc/hosts) changed nothing.
+    return [c for c in out if not (c.kind == MODIFIED and any(p.startswith(c.path + "/") for p in skipped)
+                                   and not any(o.path.startswith(c.path + "/") for o in out))]
 
 
 # ---- export ---------------------------------------------------------------------

@@ -46,7 +46,7 @@ from services.image.build.dockerfile import (
     parse_instruction,
 )
 from services.image.build.fs import RootView, clean_rel
-from services.image.changes import write_layer
+from services.image.changes import drop_mount_points, write_layer
 from services.image.imageconfig import host_arch, now_rfc3339, parse_config
 from services.image.ingest import Ingest, next_chain
 from services.image.models import LayerRow
@@ -504,6 +504,7 @@ class Builder:
         """The upper dir becomes the layer: its tar is the blob (diff id = digest, uncompressed), and
         the dir itself, already in overlayfs's form, is renamed into the layer store (no unpack)."""
         chains = ss.state.chains
+        drop_mount_points(Path(upper))
         size = sum(os.lstat(os.path.join(d, f)).st_size for d, _, fs in os.walk(upper) for f in fs)
         writer = self.store.content.writer()
         try:

@@ -97,3 +97,24 @@ def test_merged_tree_is_what_overlayfs_would_show(tmp_path):
     assert "etc/gone" not in names and "bin/sh" not in names
     assert "data/old" not in names and "data/old/f" not in names  # hidden by the opaque dir
     assert not any(".wh." in n for n in names)
+
+
+def test_the_runtimes_mount_points_are_no_change(tmp_path):
+    low = tmp_path / "low"
+    (low / "etc").mkdir(parents=True)
+    (low / "etc" / "passwd").write_text("root\n")
+    upper = tmp_path / "up"
+    (upper / "etc").mkdir(parents=True)
+    for name in ("hostname", "hosts", "resolv.conf"):
+        (upper / "etc" / name).write_text("")  # what the runtime bind-mounts over
+    (upper / "proc").mkdir()
+    (upper / "x").write_text("mine")
+    assert [(c.kind, c.path) for c in diff(upper, [str(low)])] == [(ADDED, "/x")]
+    buf = io.BytesIO()
+    write_layer(upper, buf)
+    buf.seek(0)
+    with tarfile.open(fileobj=buf) as tar:
+        names = tar.getnames()
+    assert "x" in names and not {"etc/hosts", "etc/hostname", "etc/resolv.conf", "proc"} & set(names)
+    (upper / "etc" / "hosts").write_text("10.0.0.1 db\n")  # written on purpose (COPY): kept
+    assert (MODIFIED, "/etc") in [(c.kind, c.path) for c in diff(upper, [str(low)])]
